@@ -1,0 +1,220 @@
+"""Command line: `python -m training train|evaluate|reproduce` (see `--help` of each)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train AFM or FM and publish a bundle", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_data_options(train)
+    train.add_argument("--model", choices=["afm", "fm"], default="afm", help="AFM, or FM (AFM without attention)")
+    train.add_argument("--out", type=Path, default=Path("models"), help="models directory the bundle is published into")
+    train.add_argument("--name", help="bundle name (default: <dataset>-<model>)")
+    train.add_argument("--embedding-dim", type=int, default=64, help="k, the embedding size")
+    train.add_argument("--attention-dim", type=int, default=64, help="t, the attention network's hidden size")
+    train.add_argument("--dropout", type=float, default=0.3, help="dropout on the pair-interaction layer")
+    train.add_argument("--l2-attention", type=float, default=0.0, help="L2 weight on the attention network's W")
+    train.add_argument("--weight-decay", type=float, default=0.0, help="L2 on every parameter (optimizer weight decay)")
+    train.add_argument("--optimizer", choices=["adam", "adagrad"], default="adam")
+    train.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+    train.add_argument("--batch-size", type=int, default=1024)
+    train.add_argument("--epochs", type=int, default=20, help="most epochs; early stopping may end sooner")
+    train.add_argument("--patience", type=int, default=3, help="epochs without validation improvement before stopping")
+    train.add_argument("--device", default="cpu", help="cpu, or cuda where there is one")
+    train.add_argument("--threads", type=int, default=0, help="CPU threads for PyTorch (0: its default)")
+    train.add_argument("--init-from", type=Path, help="a published FM (or AFM) bundle whose embeddings and vocabularies start this model (the paper's FM pre-training)")
+    train.add_argument("--pretrain-fm", action="store_true", help="train and publish an FM first, then start AFM from its embeddings")
+    train.add_argument("--fm-epochs", type=int, default=20, help="epochs of the FM pre-training")
+    train.add_argument("--fm-lr", type=float, default=1e-3, help="learning rate of the FM pre-training")
+    train.add_argument("--fm-dropout", type=float, default=0.3, help="dropout of the FM pre-training")
+    train.add_argument("--quick", action="store_true", help="a tiny run (2,000 rows, 1 epoch, k=8) that exercises every step")
+
+    evaluate = commands.add_parser("evaluate", help="score a data split with a bundle through onnxruntime only (no torch)", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    evaluate.add_argument("--bundle", type=Path, required=True, help="bundle folder, e.g. models/frappe-afm/1")
+    add_data_options(evaluate)
+    evaluate.add_argument("--split", choices=["train", "validation", "test"], default="test")
+
+    reproduce = commands.add_parser("reproduce", help="the paper's frappe result: FM, then AFM from FM's embeddings; prints test RMSE", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    reproduce.add_argument("--data-dir", type=Path, help="folder holding frappe/ (default: AFM_DATA_DIR or ../shared/data)")
+    reproduce.add_argument("--out", type=Path, default=Path("models"))
+    reproduce.add_argument("--threads", type=int, default=0)
+    reproduce.add_argument("--device", default="cpu")
+    reproduce.add_argument("--download", action="store_true", help="fetch the paper's libFM files first")
+    return parser
+
+
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    from training.datasets import DATASETS
+
+    parser.add_argument("--dataset", choices=DATASETS, default="synthetic", help="synthetic is generated; frappe and ml-100k are read from --data-dir; files reads --train/--validation/--test")
+    parser.add_argument("--task", choices=["ctr", "rating"], default="ctr", help="ctr: 0/1 labels, log loss; rating: squared loss, RMSE")
+    parser.add_argument("--data-dir", type=Path, help="folder holding frappe/ and ml-100k/ (default: AFM_DATA_DIR, else ../shared/data where it exists, else ./data)")
+    parser.add_argument("--format", dest="data_format", choices=["csv", "libfm"], default="csv", help="frappe: the named CSV or the paper's libFM files")
+    parser.add_argument("--download", action="store_true", help="download missing files from their public source (sha256-checked)")
+    parser.add_argument("--max-rows", type=int, help="use at most this many rows of each split")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the split, the initialisation and the shuffling")
+    parser.add_argument("--fields", help="files: the feature spec, e.g. user,item,age:numeric,city:categorical:5")
+    parser.add_argument("--label", default="label", help="files: the label column")
+    parser.add_argument("--train", type=Path, help="files: training CSV or Parquet")
+    parser.add_argument("--validation", type=Path, help="files: validation CSV or Parquet")
+    parser.add_argument("--test", type=Path, help="files: test CSV or Parquet")
+
+
+def load_splits(args: argparse.Namespace) -> Any:
+    from training import datasets
+    from training.features import FeatureSpec
+
+    if args.dataset == "files":
+        if not (args.fields and args.train and args.validation and args.test):
+            sys.exit("--dataset files needs --fields, --train, --validation and --test")
+        return datasets.load_files(args.task, FeatureSpec.parse(args.fields, args.label), args.train, args.validation, args.test)
+    return datasets.load(args.dataset, args.task, args.data_dir, args.data_format, args.max_rows, args.seed, args.download)
+
+
+def train(args: argparse.Namespace) -> Path:
+    """Train one model (optionally after an FM pre-training) and publish its bundle."""
+    import torch
+
+    from training import bundle, export, plots
+    from training.features import FeatureEncoder
+    from training.model import AFM, AFMConfig
+    from training.trainer import Tensors, TrainConfig, evaluate, fit
+
+    if args.quick:
+        args.max_rows, args.epochs, args.fm_epochs = args.max_rows or 2000, 1, 1
+        args.embedding_dim, args.attention_dim = 8, 8
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    started = time.perf_counter()
+    splits = load_splits(args)
+    init = export.load_checkpoint(args.init_from) if args.init_from else None
+    encoder = bundle.read(args.init_from).encoder if args.init_from else FeatureEncoder.fit(splits.spec, splits.train.columns)
+
+    def tensors(table: Any) -> Tensors:
+        encoded = encoder.encode(table.columns)
+        return Tensors.from_numpy(encoded.index, encoded.value, table.label)
+
+    train_data, valid_data, test_data = (tensors(t) for t in (splits.train, splits.validation, splits.test))
+    name = args.name or f"{splits.name}-{args.model}"
+
+    def config(lr: float, epochs: int) -> TrainConfig:
+        return TrainConfig(
+            task=args.task, epochs=epochs, batch_size=args.batch_size, lr=lr, optimizer=args.optimizer,
+            l2_attention=args.l2_attention, weight_decay=args.weight_decay, patience=args.patience,
+            seed=args.seed, device=args.device, label_range=splits.label_range,
+        )  # fmt: skip
+
+    def run(model: AFM, cfg: TrainConfig, bundle_name: str) -> Path:
+        history = fit(model, train_data, valid_data, cfg, bundle_name)
+        model.cpu()
+        test_metrics = evaluate(model, test_data, TrainConfig(**{**cfg.to_dict(), "device": "cpu"}))
+        print(f"{bundle_name} test: " + "  ".join(f"{k} {v:.4f}" for k, v in test_metrics.items()), flush=True)
+        encoded_valid = encoder.encode(splits.validation.columns)
+        mean_attention = export.global_attention(model, encoded_valid.index, encoded_valid.value)
+        metric = "auc" if cfg.task == "ctr" else "rmse"
+        pairs = [[encoder.names[i], encoder.names[j]] for i, j in zip(model.pair_i.tolist(), model.pair_j.tolist(), strict=True)]
+
+        def write_plots(folder: Path) -> None:
+            plots.learning_curve(history.epochs, metric, folder / "learning_curve.png")
+            plots.attention_heatmap(encoder.names, pairs, mean_attention, folder / "attention.png")
+
+        extras = {
+            "metrics": {"validation": history.best, "test": test_metrics},
+            "training_config": {**cfg.to_dict(), "init_from": str(args.init_from) if args.init_from else None},
+            "data": {
+                "dataset": splits.name, "fingerprint": splits.fingerprint,
+                "rows": {"train": len(train_data), "validation": len(valid_data), "test": len(test_data)},
+            },
+            "history": history.epochs,
+            "best_epoch": history.best_epoch,
+            "train_rows_per_second": history.train_rows_per_second,
+            "artifacts": {"learning_curve": "learning_curve.png", "attention_heatmap": "attention.png"},
+        }  # fmt: skip
+        path = export.publish_bundle(model, encoder, args.out, bundle_name, cfg.task, splits.label_range, mean_attention, extras, write_plots)
+        print(f"published {path}", flush=True)
+        return path
+
+    def new_model(attention: bool, dropout: float) -> AFM:
+        return AFM(AFMConfig(encoder.num_features, len(encoder.fields), args.embedding_dim, args.attention_dim, attention, dropout))
+
+    if args.pretrain_fm and args.model == "afm":
+        fm = new_model(False, args.fm_dropout)
+        fm_path = run(fm, config(args.fm_lr, args.fm_epochs), name.removesuffix("-afm") + "-fm")
+        init = export.load_checkpoint(fm_path)
+    model = new_model(args.model == "afm", args.dropout)
+    if init is not None:
+        if init.config.num_features != encoder.num_features or init.config.embedding_dim != args.embedding_dim:
+            sys.exit("--init-from: that bundle's vocabularies or embedding size differ from this model's")
+        model.load_fm_embeddings(init)
+    path = run(model, config(args.lr, args.epochs), name)
+    print(f"done in {time.perf_counter() - started:.0f}s", flush=True)
+    return path
+
+
+def evaluate_bundle(args: argparse.Namespace) -> dict[str, float]:
+    """Metrics from the ONNX graph through onnxruntime: a bundle judged without torch."""
+    from training import bundle, metrics
+
+    loaded = bundle.read(args.bundle)
+    args.task = loaded.task
+    table = getattr(load_splits(args), args.split)
+    encoded = loaded.encoder.encode(table.columns)
+    session = loaded.session()
+    scores = np.concatenate([
+        session.run(["score"], {"feature_index": encoded.index[s : s + 8192], "feature_value": encoded.value[s : s + 8192]})[0]
+        for s in range(0, len(table), 8192)
+    ])  # fmt: skip
+    label_range = tuple(loaded.manifest["label_range"])
+    result = metrics.compute(loaded.task, table.label, scores, label_range)  # type: ignore[arg-type]
+    print(json.dumps({"bundle": str(args.bundle), "split": args.split, "rows": len(table), **result}))
+    return result
+
+
+REPRODUCE_SETTINGS: dict[str, Any] = {}  # filled in below, next to the numbers they gave
+
+
+def reproduce(args: argparse.Namespace) -> None:
+    """FM, then AFM started from FM's embeddings, on the paper's frappe split (rating on ±1)."""
+    parser = build_parser()
+    argv = ["train", "--dataset", "frappe", "--task", "rating", "--model", "afm", "--pretrain-fm",
+            "--name", "frappe-afm", "--out", str(args.out), "--threads", str(args.threads), "--device", args.device]  # fmt: skip
+    if args.data_dir:
+        argv += ["--data-dir", str(args.data_dir)]
+    if args.download:
+        argv += ["--download", "--format", "libfm"]
+    for option, value in REPRODUCE_SETTINGS.items():
+        argv += [f"--{option}", str(value)]
+    afm_path = train(parser.parse_args(argv))
+    from training import bundle
+
+    afm = bundle.read(afm_path).manifest
+    fm = bundle.read(bundle.resolve(args.out, "frappe-fm")).manifest
+    print("\nfrappe test RMSE (paper: AFM 0.3102, LibFM 0.3385)")
+    print(f"  FM   {fm['metrics']['test']['rmse']:.4f}   models/frappe-fm/{fm['version']}")
+    print(f"  AFM  {afm['metrics']['test']['rmse']:.4f}   models/frappe-afm/{afm['version']}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.command == "train":
+        train(args)
+    elif args.command == "evaluate":
+        evaluate_bundle(args)
+    else:
+        reproduce(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,306 @@
+"""The data sets the project knows: `synthetic` (embedded), `frappe` and `ml-100k` (read from a path).
+
+Each loader returns `Splits`: the feature spec, train/validation/test tables with labels already in
+the task's convention (ctr: 0/1; rating: the rating scale, frappe's ±1 as in the paper), the label
+range used to clip ratings, and a fingerprint of the data that trained the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import urllib.request
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from training.bundle import sha256_file
+from training.features import FeatureSpec, FieldSpec
+from training.readers import Table, from_arrow, read_libfm, read_table
+
+Task = Literal["ctr", "rating"]
+DATASETS = ("synthetic", "frappe", "ml-100k", "files")
+
+
+@dataclass
+class Splits:
+    name: str
+    task: Task
+    spec: FeatureSpec
+    train: Table
+    validation: Table
+    test: Table
+    label_range: tuple[float, float]
+    fingerprint: str
+
+
+def default_data_dir() -> Path:
+    """AFM_DATA_DIR, else ../shared/data where it exists, else ./data (ignored by git)."""
+    if env := os.environ.get("AFM_DATA_DIR"):
+        return Path(env)
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
+    return shared if shared.is_dir() else Path("data")
+
+
+def load(
+    name: str,
+    task: Task,
+    data_dir: Path | None = None,
+    data_format: str = "csv",
+    max_rows: int | None = None,
+    seed: int = 0,
+    download: bool = False,
+) -> Splits:
+    """Load a named data set; `max_rows` caps every split (quick runs)."""
+    data_dir = Path(data_dir) if data_dir else default_data_dir()
+    if name == "synthetic":
+        splits = synthetic(task, rows=max_rows or 60_000, seed=seed)
+    elif name == "frappe":
+        splits = frappe(task, data_dir / "frappe", data_format, download)
+    elif name == "ml-100k":
+        splits = movielens_100k(task, data_dir / "ml-100k", seed, download)
+    else:
+        raise ValueError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
+    if max_rows:
+        for part in ("train", "validation", "test"):
+            setattr(splits, part, getattr(splits, part).take(slice(0, max_rows)))
+    return splits
+
+
+def load_files(
+    task: Task, spec: FeatureSpec, train: Path, validation: Path, test: Path, delimiter: str = ","
+) -> Splits:
+    """A user's own CSV or Parquet splits, read with a declared feature spec."""
+    paths = [Path(train), Path(validation), Path(test)]
+    tables = [read_table(p, spec, delimiter) for p in paths]
+    for t in tables:
+        t.label = _task_labels(t.label, task, binary=task == "ctr")
+    return Splits(
+        "files", task, spec, *tables, _label_range(tables[0].label), fingerprint_files(paths)
+    )
+
+
+# ---------------------------------------------------------------- synthetic (the embedded default)
+
+SYNTHETIC_CARDINALITY = {
+    "user": 600, "item": 1200, "daytime": 7, "weekday": 7, "isweekend": 2, "homework": 3,
+    "cost": 2, "weather": 9, "country": 25, "city": 60,
+}  # fmt: skip
+# The pairs whose interaction decides the label, and how strongly (logit units per ±1 cell).
+SYNTHETIC_PLANTED = {("daytime", "weather"): 2.0, ("homework", "cost"): 1.5}
+
+
+def synthetic(task: Task = "ctr", rows: int = 60_000, seed: int = 0) -> Splits:
+    """Frappe-shaped logs whose labels come from known main effects and planted pair interactions.
+
+    Fields: the frappe fields plus a numeric `price` (an item attribute). The label's logit is
+    user and item biases, a price effect and, for each planted pair (a, b), strength * T_ab[a, b]
+    with T_ab a random ±1 table, so only those pairs interact; the rest of the pairs are noise
+    an attention network should learn to ignore.
+    """
+    rng = np.random.default_rng(seed)
+    card = SYNTHETIC_CARDINALITY
+    zipf = lambda n: (w := 1.0 / np.arange(1, n + 1) ** 0.8) / w.sum()  # noqa: E731
+    codes = {name: rng.integers(0, n, rows) for name, n in card.items()}
+    codes["user"] = rng.choice(card["user"], rows, p=zipf(card["user"]))
+    codes["item"] = rng.choice(card["item"], rows, p=zipf(card["item"]))
+    codes["isweekend"] = (codes["weekday"] >= 5).astype(np.int64)
+    codes["city"] = codes["country"] * (card["city"] // card["country"]) + codes["city"] % (
+        card["city"] // card["country"]
+    )
+    item_price = np.round(rng.lognormal(0.5, 1.0, card["item"]), 2) * (rng.random(card["item"]) < 0.4)
+    price = item_price[codes["item"]]
+
+    logit = -0.3 + rng.normal(0, 0.3, card["user"])[codes["user"]]
+    logit += rng.normal(0, 0.5, card["item"])[codes["item"]] - 0.3 * np.log1p(price)
+    for (a, b), strength in SYNTHETIC_PLANTED.items():
+        table = rng.choice([-1.0, 1.0], size=(card[a], card[b]))
+        logit += strength * table[codes[a], codes[b]]
+    clicked = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(np.float32)
+
+    names = {
+        "daytime": ["morning", "noon", "afternoon", "evening", "sunset", "night", "unknown"],
+        "weekday": ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"],
+        "isweekend": ["workday", "weekend"],
+        "homework": ["home", "work", "unknown"],
+        "cost": ["free", "paid"],
+    }
+    columns: dict[str, np.ndarray] = {}
+    for name, c in codes.items():
+        labels = names.get(name) or [f"{name}{i}" if name in ("weather", "country") else str(i)
+                                     for i in range(card[name])]  # fmt: skip
+        columns[name] = np.asarray(labels)[c]
+    columns["price"] = price
+    spec = FeatureSpec(
+        tuple(FieldSpec(n) for n in card) + (FieldSpec("price", "numeric"),), label="label"
+    )
+    table = Table(columns, _task_labels(clicked, task, binary=True))
+    train, validation, test = _split(table, seed, (0.8, 0.1))
+    fingerprint = hashlib.sha256(f"synthetic:{rows}:{seed}".encode()).hexdigest()
+    return Splits("synthetic", task, spec, train, validation, test, (-1.0, 1.0), fingerprint)
+
+
+# ------------------------------------------------------------------------------------ frappe
+
+FRAPPE_FIELDS = [
+    "user", "item", "daytime", "weekday", "isweekend", "homework", "cost", "weather", "country",
+    "city",
+]  # fmt: skip
+FRAPPE_SOURCE = "https://raw.githubusercontent.com/hexiangnan/attentional_factorization_machine/master/data/frappe/"
+# sha256 of the files as this project expects them (see ../shared/data/SOURCE.md). The validation
+# and test files are the paper's own; the training file was rebuilt from the raw log, so a copy
+# fetched from the authors' repository may differ and is then refused rather than silently used.
+FRAPPE_FILES = {
+    "frappe.train.libfm": "a63ba67e17c62cfaa0e6edeb0c3cfb818d3f8bcef98c012df9328002ed0dfc92",
+    "frappe.validation.libfm": "fdf4be563a7dd9b15f7a6e8b32671e90e6e7a2a2bd3af4e10bf13c5ad7e76e9e",
+    "frappe.test.libfm": "a2ebaef3a9af8e55f8bb0d08bc4923965e42e43760ebd7635ac2f8c5db99e097",
+}
+
+
+def frappe(task: Task, directory: Path, data_format: str = "csv", download: bool = False) -> Splits:
+    """The AFM paper's frappe split: named CSV (what a backend sends) or the paper's libFM files."""
+    if data_format == "csv" and not (directory / "frappe.train.csv").exists():
+        data_format = "libfm"  # the download gives the paper's libFM files
+    if data_format == "libfm" and download:
+        fetch(FRAPPE_SOURCE, FRAPPE_FILES, directory)
+    spec = FeatureSpec(tuple(FieldSpec(n) for n in FRAPPE_FIELDS))
+    paths = [directory / f"frappe.{part}.{data_format}" for part in ("train", "validation", "test")]
+    for path in paths:
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path} not found: point --data-dir at the frappe files or pass --download"
+            )
+    if data_format == "libfm":
+        tables = [read_libfm(p, FRAPPE_FIELDS) for p in paths]
+    elif data_format == "csv":
+        tables = [read_table(p, spec) for p in paths]
+    else:
+        raise ValueError(f"frappe comes as csv or libfm, not {data_format!r}")
+    for t in tables:  # libFM labels are ±1, the CSV's 1/0: bring both to the task's convention
+        t.label = _task_labels((t.label > 0).astype(np.float32), task, binary=True)
+    return Splits("frappe", task, spec, *tables, (-1.0, 1.0), fingerprint_files(paths))
+
+
+# ----------------------------------------------------------------------------------- ml-100k
+
+ML100K_SOURCE = "https://files.pythonhosted.org/packages/py3/r/recbole/recbole-1.2.1-py3-none-any.whl"
+ML100K_FILES = {
+    "ml-100k.inter": "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff",
+    "ml-100k.user": "4f670007d9cfbeb9807e757209af1555b9bcc186bde25e767f67cb67c6dd5972",
+    "ml-100k.item": "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532",
+}
+ML100K_FIELDS = (
+    FieldSpec("user_id"), FieldSpec("item_id"), FieldSpec("age", "numeric"), FieldSpec("gender"),
+    FieldSpec("occupation"), FieldSpec("zip_prefix"), FieldSpec("release_year"), FieldSpec("genre"),
+)  # fmt: skip
+
+
+def movielens_100k(task: Task, directory: Path, seed: int = 0, download: bool = False) -> Splits:
+    """MovieLens 100K ratings joined with user and item side features; seeded 80/10/10 split."""
+    if download:
+        fetch_from_wheel(ML100K_SOURCE, "recbole/dataset_example/ml-100k/", ML100K_FILES, directory)
+    paths = [directory / name for name in ML100K_FILES]
+    for path in paths:
+        if not path.exists():
+            raise FileNotFoundError(f"{path} not found: point --data-dir at it or pass --download")
+    read = lambda p: _strip_types(  # noqa: E731
+        pacsv.read_csv(
+            p,
+            parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False),
+            convert_options=pacsv.ConvertOptions(strings_can_be_null=False),
+            read_options=pacsv.ReadOptions(use_threads=True),
+        )
+    )
+    inter, users, items = (read(p) for p in paths)
+    users = users.append_column("zip_prefix", pc.utf8_slice_codeunits(pc.cast(users["zip_code"], pa.string()), 0, 3))
+    genre = pc.list_element(pc.split_pattern(pc.cast(items["class"], pa.string()), " "), 0)
+    items = items.append_column("genre", genre)
+    joined = inter.join(users, "user_id").join(items, "item_id")
+    joined = joined.append_column("label", pc.cast(joined["rating"], pa.float32()))
+    spec = FeatureSpec(ML100K_FIELDS, label="label")
+    table = from_arrow(joined, spec)
+    rating = table.label
+    table.label = (rating >= 4).astype(np.float32) if task == "ctr" else rating
+    train, validation, test = _split(table, seed, (0.8, 0.1))
+    return Splits("ml-100k", task, spec, train, validation, test, (1.0, 5.0), fingerprint_files(paths))
+
+
+def _strip_types(table: pa.Table) -> pa.Table:
+    """RecBole headers carry types (`user_id:token`): keep the names only."""
+    return table.rename_columns([name.split(":")[0] for name in table.column_names])
+
+
+# ---------------------------------------------------------------------------------- download
+
+
+def fetch(base_url: str, files: dict[str, str], directory: Path) -> None:
+    """Download each missing file from base_url into directory, refusing a sha256 mismatch."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, sha256 in files.items():
+        target = directory / name
+        if target.exists() and sha256_file(target) == sha256:
+            continue
+        with urllib.request.urlopen(base_url + name, timeout=60) as response:
+            _write_checked(response.read(), sha256, target, base_url + name)
+
+
+def fetch_from_wheel(url: str, member_prefix: str, files: dict[str, str], directory: Path) -> None:
+    """Download a zip (a wheel) once and extract the named members, each checked by sha256."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if all((directory / n).exists() and sha256_file(directory / n) == s for n, s in files.items()):
+        return
+    with urllib.request.urlopen(url, timeout=120) as response:
+        archive = zipfile.ZipFile(io.BytesIO(response.read()))
+    for name, sha256 in files.items():
+        _write_checked(archive.read(member_prefix + name), sha256, directory / name, url)
+
+
+def _write_checked(content: bytes, sha256: str, target: Path, source: str) -> None:
+    actual = hashlib.sha256(content).hexdigest()
+    if actual != sha256:
+        raise ValueError(f"{source}: sha256 {actual} does not match the expected {sha256}")
+    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp:
+        tmp.write(content)
+    shutil.move(tmp.name, target)
+
+
+def fingerprint_files(paths: Iterable[Path]) -> str:
+    return hashlib.sha256(
+        json.dumps({Path(p).name: sha256_file(Path(p)) for p in paths}, sort_keys=True).encode()
+    ).hexdigest()
+
+
+# ----------------------------------------------------------------------------------- helpers
+
+
+def _task_labels(label: np.ndarray, task: Task, binary: bool) -> np.ndarray:
+    """ctr keeps 0/1; a binary label under the rating task becomes ±1, as the paper scores frappe."""
+    if task == "rating" and binary:
+        return (2.0 * label - 1.0).astype(np.float32)
+    return label.astype(np.float32)
+
+
+def _label_range(label: np.ndarray) -> tuple[float, float]:
+    return float(label.min()), float(label.max())
+
+
+def _split(table: Table, seed: int, fractions: tuple[float, float]) -> tuple[Table, Table, Table]:
+    order = np.random.default_rng(seed).permutation(len(table))
+    n_train = int(fractions[0] * len(table))
+    n_valid = int(fractions[1] * len(table))
+    return (
+        table.take(order[:n_train]),
+        table.take(order[n_train : n_train + n_valid]),
+        table.take(order[n_train + n_valid :]),
+    )

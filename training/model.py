@@ -1,0 +1,104 @@
+"""Attentional Factorization Machine (Xiao et al., IJCAI 2017), and FM as AFM without attention.
+
+    y(x)  = w0 + sum_i w_i x_i + p^T sum_{i<j} a_ij (v_i ⊙ v_j) x_i x_j              (eq. 5)
+    a'_ij = h^T ReLU(W (v_i ⊙ v_j) x_i x_j + b),   a_ij = softmax over the pairs (i, j)  (eq. 3)
+
+With one non-zero feature per field the pairs are the field pairs: P = F (F - 1) / 2.
+FM is the same code with a_ij = 1/P and p = P·1, i.e. sum_{i<j} <v_i, v_j> x_i x_j, so its
+explanation outputs keep the same meaning and AFM can start from FM's embeddings (the paper's
+pre-training).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class AFMConfig:
+    num_features: int  # rows of the one embedding table shared by all fields
+    num_fields: int
+    embedding_dim: int = 64  # k
+    attention_dim: int = 64  # t, the attention network's hidden size
+    attention: bool = True  # False gives FM
+    dropout: float = 0.0  # on the pair-interaction layer (the paper's main regulariser)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class AFMOutput(NamedTuple):
+    raw: torch.Tensor  # (B,) before the link
+    attention: torch.Tensor  # (B, P), each row sums to 1
+    pair_contribution: torch.Tensor  # (B, P) a_ij p^T (v_i ⊙ v_j) x_i x_j
+    linear_contribution: torch.Tensor  # (B, F) w_i x_i
+
+
+def field_pairs(num_fields: int) -> tuple[list[int], list[int]]:
+    """The pair order (i < j, row-major) shared by the model, the bundle and the service."""
+    rows, cols = torch.triu_indices(num_fields, num_fields, offset=1).tolist()
+    return rows, cols
+
+
+class AFM(nn.Module):
+    def __init__(self, config: AFMConfig) -> None:
+        super().__init__()
+        self.config = config
+        rows, cols = field_pairs(config.num_fields)
+        num_pairs = len(rows)
+        self.register_buffer("pair_i", torch.tensor(rows, dtype=torch.long), persistent=False)
+        self.register_buffer("pair_j", torch.tensor(cols, dtype=torch.long), persistent=False)
+
+        self.bias = nn.Parameter(torch.zeros(1))  # w0
+        self.linear = nn.Embedding(config.num_features, 1)  # w_i
+        self.embedding = nn.Embedding(config.num_features, config.embedding_dim)  # v_i
+        nn.init.zeros_(self.linear.weight)
+        nn.init.normal_(self.embedding.weight, std=0.01)
+        self.dropout = nn.Dropout(config.dropout)
+        if config.attention:
+            self.attention_w = nn.Linear(config.embedding_dim, config.attention_dim)  # W, b
+            self.attention_h = nn.Parameter(torch.zeros(config.attention_dim))  # h
+            # h = 0 makes the first softmax uniform; with p below that starts AFM as FM
+            self.projection = nn.Parameter(torch.full((config.embedding_dim,), float(num_pairs)))
+        else:
+            self.register_buffer(
+                "projection", torch.full((config.embedding_dim,), float(num_pairs)), persistent=False
+            )
+
+    def forward(self, feature_index: torch.Tensor, feature_value: torch.Tensor) -> AFMOutput:
+        x = feature_value.unsqueeze(-1)  # (B, F, 1)
+        v = self.embedding(feature_index) * x  # (B, F, k)  v_i x_i
+        pairs = v[:, self.pair_i] * v[:, self.pair_j]  # (B, P, k)  (v_i ⊙ v_j) x_i x_j
+
+        if self.config.attention:
+            hidden = F.relu(self.attention_w(pairs))  # (B, P, t)
+            logits = hidden @ self.attention_h  # (B, P)
+            attention = torch.softmax(logits, dim=1)  # over the pairs axis, not a size-1 one
+        else:
+            attention = torch.full_like(pairs[..., 0], 1.0 / pairs.shape[1])  # (B, P)
+
+        # Dropout on the pair-interaction layer; p^T applied per pair so each pair's share of the
+        # score is an output (at eval dropout is the identity, so the shares add up exactly).
+        pair_score = self.dropout(pairs) @ self.projection  # (B, P)
+        pair_contribution = attention * pair_score  # (B, P)
+        linear_contribution = self.linear(feature_index).squeeze(-1) * feature_value  # (B, F)
+        raw = self.bias + linear_contribution.sum(1) + pair_contribution.sum(1)  # (B,)
+        return AFMOutput(raw, attention, pair_contribution, linear_contribution)
+
+    def attention_l2(self) -> torch.Tensor:
+        """||W||^2, the paper's L2 regulariser on the attention network."""
+        if not self.config.attention:
+            return torch.zeros(())
+        return self.attention_w.weight.pow(2).sum()
+
+    def load_fm_embeddings(self, fm: AFM) -> None:
+        """The paper's initialisation: AFM's bias, w and v taken from a trained FM."""
+        with torch.no_grad():
+            self.bias.copy_(fm.bias)
+            self.linear.weight.copy_(fm.linear.weight)
+            self.embedding.weight.copy_(fm.embedding.weight)

@@ -1,0 +1,155 @@
+"""Training loop: one function per phase, early stopping on validation with the best weights kept."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from training import metrics
+from training.model import AFM
+
+
+@dataclass
+class TrainConfig:
+    task: str = "ctr"  # ctr | rating
+    epochs: int = 20
+    batch_size: int = 2048
+    lr: float = 1e-3
+    optimizer: str = "adam"  # adam | adagrad
+    l2_attention: float = 0.0  # lambda on ||W||^2 (the paper's attention regulariser)
+    weight_decay: float = 0.0  # L2 on all parameters through the optimizer
+    patience: int = 3  # epochs without validation improvement before stopping
+    seed: int = 0
+    device: str = "cpu"
+    label_range: tuple[float, float] = (-1.0, 1.0)  # ratings are clipped to it when evaluated
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Tensors:
+    index: torch.Tensor  # (N, F) int64
+    value: torch.Tensor  # (N, F) float32
+    label: torch.Tensor  # (N,) float32
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+    @classmethod
+    def from_numpy(cls, index: np.ndarray, value: np.ndarray, label: np.ndarray) -> Tensors:
+        return cls(torch.from_numpy(index), torch.from_numpy(value), torch.from_numpy(label))
+
+    def batches(self, batch_size: int, shuffle: bool, generator: torch.Generator | None = None) -> Iterator[Tensors]:
+        order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
+        for start in range(0, len(self), batch_size):
+            rows = order[start : start + batch_size]
+            yield Tensors(self.index[rows], self.value[rows], self.label[rows])
+
+
+@dataclass
+class History:
+    epochs: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best: dict[str, float] = field(default_factory=dict)
+    train_rows_per_second: float = 0.0
+
+
+def make_optimizer(model: AFM, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adagrad":
+        return torch.optim.Adagrad(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    raise ValueError(f"unknown optimizer {config.optimizer!r}")
+
+
+def loss_fn(task: str, raw: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    if task == "ctr":
+        return F.binary_cross_entropy_with_logits(raw, label)
+    return F.mse_loss(raw, label)
+
+
+def train_one_epoch(
+    model: AFM,
+    optimizer: torch.optim.Optimizer,
+    data: Tensors,
+    config: TrainConfig,
+    generator: torch.Generator,
+    description: str = "train",
+) -> tuple[float, float]:
+    """One pass over the shuffled training data; returns (mean loss, rows per second)."""
+    model.train()
+    total, rows, started = 0.0, 0, time.perf_counter()
+    batches = data.batches(config.batch_size, shuffle=True, generator=generator)
+    progress = tqdm(batches, total=math.ceil(len(data) / config.batch_size), desc=description, leave=False)
+    for batch in progress:
+        index, value, label = (t.to(config.device) for t in (batch.index, batch.value, batch.label))
+        out = model(index, value)
+        loss = loss_fn(config.task, out.raw, label)
+        if config.l2_attention:
+            loss = loss + config.l2_attention * model.attention_l2()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(label)
+        rows += len(label)
+        progress.set_postfix(loss=f"{total / rows:.4f}")
+    return total / rows, rows / (time.perf_counter() - started)
+
+
+@torch.no_grad()
+def predict(model: AFM, data: Tensors, device: str, batch_size: int = 8192) -> np.ndarray:
+    """Raw scores (before the link) for every row, in order."""
+    model.eval()
+    raws = [model(b.index.to(device), b.value.to(device)).raw.cpu() for b in data.batches(batch_size, shuffle=False)]
+    return torch.cat(raws).numpy()
+
+
+def link(task: str, raw: np.ndarray, label_range: tuple[float, float]) -> np.ndarray:
+    """The bundle's link: sigmoid for ctr, clip to the label range for ratings."""
+    if task == "ctr":
+        return 1.0 / (1.0 + np.exp(-raw))
+    return np.clip(raw, *label_range)
+
+
+def evaluate(model: AFM, data: Tensors, config: TrainConfig) -> dict[str, float]:
+    score = link(config.task, predict(model, data, config.device), config.label_range)
+    return metrics.compute(config.task, data.label.numpy(), score, config.label_range)
+
+
+def fit(model: AFM, train: Tensors, validation: Tensors, config: TrainConfig, name: str = "model") -> History:
+    """Train with early stopping on the validation metric; the best epoch's weights are restored."""
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    model.to(config.device)
+    optimizer = make_optimizer(model, config)
+    metric, higher_is_better = metrics.main_metric(config.task)
+    history, best_state, stale, speeds = History(), copy.deepcopy(model.state_dict()), 0, []
+    for epoch in range(1, config.epochs + 1):
+        loss, speed = train_one_epoch(model, optimizer, train, config, generator, f"{name} {epoch}/{config.epochs}")
+        speeds.append(speed)
+        scores = evaluate(model, validation, config)
+        history.epochs.append({"epoch": epoch, "train_loss": loss, **{f"valid_{k}": v for k, v in scores.items()}})
+        print(f"{name} epoch {epoch}: train loss {loss:.4f}  " + "  ".join(f"valid {k} {v:.4f}" for k, v in scores.items()) + f"  ({speed:,.0f} rows/s)", flush=True)
+        improved = not history.best or (
+            scores[metric] > history.best[metric] if higher_is_better else scores[metric] < history.best[metric]
+        )
+        if improved:
+            history.best, history.best_epoch, stale = scores, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+    model.load_state_dict(best_state)
+    history.train_rows_per_second = float(np.median(speeds))
+    return history
