@@ -6,15 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from training.__main__ import main as training_main
+from training.__main__ import parse_args, train
 
 
 def train_tiny(models_dir: Path, *extra: str) -> Path:
     """Train a quick synthetic model with the real CLI and return its published bundle folder."""
-    from training import bundle
-
-    training_main(["train", "--quick", "--threads", "1", "--out", str(models_dir), *extra])
-    return bundle.resolve(models_dir)
+    argv = ["train", "--quick", "--threads", "1", "--out", str(models_dir), *extra]
+    return train(parse_args(argv))
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,18 @@ from typing import Any
 import numpy as np
 
 
-def build_parser() -> argparse.ArgumentParser:
+# --quick: a tiny run that exercises every step; options given explicitly still win
+QUICK = {"max_rows": 2000, "epochs": 1, "fm_epochs": 1, "embedding_dim": 8, "attention_dim": 8}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    if args.command == "train" and args.quick:
+        args = build_parser(quick=True).parse_args(argv)
+    return args
+
+
+def build_parser(quick: bool = False) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -39,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--fm-lr", type=float, default=1e-3, help="learning rate of the FM pre-training")
     train.add_argument("--fm-dropout", type=float, default=0.3, help="dropout of the FM pre-training")
     train.add_argument("--quick", action="store_true", help="a tiny run (2,000 rows, 1 epoch, k=8) that exercises every step")
+    if quick:
+        train.set_defaults(**QUICK)
 
     evaluate = commands.add_parser("evaluate", help="score a data split with a bundle through onnxruntime only (no torch)", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     evaluate.add_argument("--bundle", type=Path, required=True, help="bundle folder, e.g. models/frappe-afm/1")
@@ -91,9 +104,6 @@ def train(args: argparse.Namespace) -> Path:
     from training.model import AFM, AFMConfig
     from training.trainer import Tensors, TrainConfig, evaluate, fit
 
-    if args.quick:
-        args.max_rows, args.epochs, args.fm_epochs = args.max_rows or 2000, 1, 1
-        args.embedding_dim, args.attention_dim = 8, 8
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -187,7 +197,6 @@ REPRODUCE_SETTINGS: dict[str, Any] = {}  # filled in below, next to the numbers 
 
 def reproduce(args: argparse.Namespace) -> None:
     """FM, then AFM started from FM's embeddings, on the paper's frappe split (rating on ±1)."""
-    parser = build_parser()
     argv = ["train", "--dataset", "frappe", "--task", "rating", "--model", "afm", "--pretrain-fm",
             "--name", "frappe-afm", "--out", str(args.out), "--threads", str(args.threads), "--device", args.device]  # fmt: skip
     if args.data_dir:
@@ -196,7 +205,7 @@ def reproduce(args: argparse.Namespace) -> None:
         argv += ["--download", "--format", "libfm"]
     for option, value in REPRODUCE_SETTINGS.items():
         argv += [f"--{option}", str(value)]
-    afm_path = train(parser.parse_args(argv))
+    afm_path = train(parse_args(argv))
     from training import bundle
 
     afm = bundle.read(afm_path).manifest
@@ -207,7 +216,7 @@ def reproduce(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     if args.command == "train":
         train(args)
     elif args.command == "evaluate":

@@ -146,14 +146,15 @@ def _check_io(path: Path, session: ort.InferenceSession, declared: Mapping[str, 
 
 
 def resolve(models_dir: Path | str, name: str | None = None, version: int | None = None) -> Path:
-    """The folder of a model's bundle: the given or newest version; the only or newest model."""
+    """The folder of a bundle: the given or highest version of `name`; without a name, the
+    most recently published bundle of any model."""
     models_dir = Path(models_dir)
     if name is None:
         names = [p for p in models_dir.iterdir() if p.is_dir() and not p.name.startswith(".") and versions(p)] if models_dir.is_dir() else []
         if not names:
             raise BundleError(models_dir, "no bundle found")
-        newest = max(names, key=lambda p: max(versions(p)))
-        return newest / str(max(versions(newest)))
+        latest = [p / str(max(versions(p))) for p in names]
+        return max(latest, key=lambda p: p.stat().st_mtime)
     model_dir = models_dir / name
     available = versions(model_dir)
     if not available:

@@ -4,13 +4,13 @@
     a'_ij = h^T ReLU(W (v_i ⊙ v_j) x_i x_j + b),   a_ij = softmax over the pairs (i, j)  (eq. 3)
 
 With one non-zero feature per field the pairs are the field pairs: P = F (F - 1) / 2.
-FM is the same code with a_ij = 1/P and p = P·1, i.e. sum_{i<j} <v_i, v_j> x_i x_j, so its
-explanation outputs keep the same meaning and AFM can start from FM's embeddings (the paper's
-pre-training).
+FM is the same code with a_ij = 1 and p = 1, i.e. sum_{i<j} <v_i, v_j> x_i x_j; its `attention`
+output reports the uniform weights 1/P so that, for either model, rows sum to 1.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
@@ -62,13 +62,11 @@ class AFM(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         if config.attention:
             self.attention_w = nn.Linear(config.embedding_dim, config.attention_dim)  # W, b
+            # h = 0 makes the first softmax uniform, so AFM starts as an FM (see load_fm_embeddings)
             self.attention_h = nn.Parameter(torch.zeros(config.attention_dim))  # h
-            # h = 0 makes the first softmax uniform; with p below that starts AFM as FM
-            self.projection = nn.Parameter(torch.full((config.embedding_dim,), float(num_pairs)))
+            self.projection = nn.Parameter(torch.ones(config.embedding_dim))  # p
         else:
-            self.register_buffer(
-                "projection", torch.full((config.embedding_dim,), float(num_pairs)), persistent=False
-            )
+            self.register_buffer("projection", torch.ones(config.embedding_dim), persistent=False)
 
     def forward(self, feature_index: torch.Tensor, feature_value: torch.Tensor) -> AFMOutput:
         x = feature_value.unsqueeze(-1)  # (B, F, 1)
@@ -79,13 +77,15 @@ class AFM(nn.Module):
             hidden = F.relu(self.attention_w(pairs))  # (B, P, t)
             logits = hidden @ self.attention_h  # (B, P)
             attention = torch.softmax(logits, dim=1)  # over the pairs axis, not a size-1 one
+            weight = attention
         else:
-            attention = torch.full_like(pairs[..., 0], 1.0 / pairs.shape[1])  # (B, P)
+            weight = torch.ones_like(pairs[..., 0])  # (B, P)  a_ij = 1
+            attention = weight / pairs.shape[1]  # reported as uniform shares
 
         # Dropout on the pair-interaction layer; p^T applied per pair so each pair's share of the
         # score is an output (at eval dropout is the identity, so the shares add up exactly).
         pair_score = self.dropout(pairs) @ self.projection  # (B, P)
-        pair_contribution = attention * pair_score  # (B, P)
+        pair_contribution = weight * pair_score  # (B, P)
         linear_contribution = self.linear(feature_index).squeeze(-1) * feature_value  # (B, F)
         raw = self.bias + linear_contribution.sum(1) + pair_contribution.sum(1)  # (B,)
         return AFMOutput(raw, attention, pair_contribution, linear_contribution)
@@ -97,8 +97,14 @@ class AFM(nn.Module):
         return self.attention_w.weight.pow(2).sum()
 
     def load_fm_embeddings(self, fm: AFM) -> None:
-        """The paper's initialisation: AFM's bias, w and v taken from a trained FM."""
+        """The paper's initialisation: AFM's bias, w and v taken from a trained FM.
+
+        FM sums the P pair terms while a fresh AFM averages them (uniform softmax, p = 1), so v is
+        scaled by sqrt(P): (sqrt(P) v_i) ⊙ (sqrt(P) v_j) / P = v_i ⊙ v_j, and AFM starts exactly as
+        the FM predicts. The larger v also gives the attention network inputs it can tell apart.
+        """
         with torch.no_grad():
             self.bias.copy_(fm.bias)
             self.linear.weight.copy_(fm.linear.weight)
-            self.embedding.weight.copy_(fm.embedding.weight)
+            scale = math.sqrt(len(self.pair_i)) if self.config.attention and not fm.config.attention else 1.0
+            self.embedding.weight.copy_(fm.embedding.weight * scale)

@@ -35,13 +35,16 @@ def read_table(path: Path, spec: FeatureSpec, delimiter: str = ",") -> Table:
         arrow = pq.read_table(path, columns=[*spec.names, spec.label])
     else:
         types = {f.name: pa.string() for f in spec.fields if f.kind == "categorical"}
-        arrow = pacsv.read_csv(
-            path,
-            parse_options=pacsv.ParseOptions(delimiter=delimiter),
-            convert_options=pacsv.ConvertOptions(
-                include_columns=[*spec.names, spec.label], column_types=types
-            ),
-        )
+        try:
+            arrow = pacsv.read_csv(
+                path,
+                parse_options=pacsv.ParseOptions(delimiter=delimiter),
+                convert_options=pacsv.ConvertOptions(
+                    include_columns=[*spec.names, spec.label], column_types=types
+                ),
+            )
+        except (pa.ArrowKeyError, pa.ArrowInvalid) as error:
+            raise ValueError(f"{path}: {error}") from error
     return from_arrow(arrow, spec)
 
 

@@ -1,0 +1,422 @@
+"""The onnxruntime runtime: load and verify a bundle, encode requests, predict and explain.
+
+`ServedModel` is one loaded, warmed bundle and everything derived from it (request schemas,
+sub-encoders, model card); it is never mutated after warm-up. `ModelRuntime` holds the current
+one and swaps in a new one atomically on reload, so a request keeps the model it started with.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from service.errors import BundleRefused, NotFound, NotReady, ValidationFailed
+from service.metrics import ServiceMetrics
+from service.schemas import PredictRequest, RequestSchemas, build_request_schemas
+from service.settings import Settings
+from training import bundle as bundles
+from training.features import FeatureEncoder
+
+log = logging.getLogger("service.runtime")
+
+SCORE = ["score"]
+EXPLAIN = ["score", "raw", "attention", "pair_contribution"]
+ALL = [*EXPLAIN, "linear_contribution"]
+SPLIT_CACHE_SIZE = 64
+VALUE_CACHE_SIZE = 1 << 16
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Encoded rows of one request, and the raw values needed to explain them."""
+
+    index: np.ndarray
+    value: np.ndarray
+    unseen: dict[str, int]
+    rows: Sequence[Mapping[str, Any]]
+    context: Mapping[str, Any]
+
+    def __len__(self) -> int:
+        return int(self.index.shape[0])
+
+    def value_of(self, row: int, field: str) -> Any:
+        values = self.rows[row]
+        return values[field] if field in values else self.context[field]
+
+
+@dataclass(frozen=True)
+class _Split:
+    context_fields: tuple[str, ...]
+    context_positions: list[int]
+    candidates: FeatureEncoder
+    candidate_positions: list[int]
+    candidate_fields: frozenset[str]
+
+
+def session_options(settings: Settings) -> ort.SessionOptions:
+    """onnxruntime options for small, latency-bound batches on few cores."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = settings.intra_op_threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.enable_cpu_mem_arena = True
+    options.enable_mem_pattern = True
+    options.log_severity_level = 3
+    return options
+
+
+class ServedModel:
+    """One verified bundle in onnxruntime, with its request models: encode, predict, explain."""
+
+    def __init__(
+        self,
+        bundle: bundles.Bundle,
+        session: ort.InferenceSession,
+        settings: Settings,
+        metrics: ServiceMetrics | None = None,
+    ) -> None:
+        self.bundle = bundle
+        self.session = session
+        self.encoder = bundle.encoder
+        self.metrics = metrics
+        self.names = tuple(self.encoder.names)
+        self.positions = {name: j for j, name in enumerate(self.names)}
+        self.pairs = bundle.pairs
+        self.bias = bundle.bias
+        self.ref = {"name": bundle.name, "version": bundle.version}
+        self.schemas: RequestSchemas = build_request_schemas(
+            self.encoder,
+            num_pairs=len(self.pairs),
+            max_rows=settings.max_candidates,
+            max_value_length=settings.max_value_length,
+            default_top_k=settings.default_top_k,
+        )
+        self._splits: dict[frozenset[str], _Split] = {}
+        self._single = {f.name: FeatureEncoder([f]) for f in self.encoder.fields}
+        self._categorical = {f.name for f in self.encoder.fields if f.kind == "categorical"}
+        self._values: dict[str, dict[Any, tuple[int, float, int]]] = {n: {} for n in self.names}
+        self._card = self._model_card()
+
+    @property
+    def name(self) -> str:
+        return self.bundle.name
+
+    @property
+    def version(self) -> int:
+        return self.bundle.version
+
+    @property
+    def task(self) -> str:
+        return self.bundle.task
+
+    def card(self) -> dict[str, Any]:
+        """`GET /model`: name, version, task, fields with examples, metrics, global attention."""
+        return self._card
+
+    def parse_predict(self, body: bytes) -> PredictRequest:
+        return self.schemas.parse_predict(body)
+
+    def encode(self, request: PredictRequest) -> Batch:
+        """Encode a request with the bundle's encoder; the ranking context is encoded once."""
+        if not request.ranking:
+            columns = {name: [row[name] for row in request.rows] for name in self.names}
+            encoded = self.encoder.encode(columns)
+            return Batch(encoded.index, encoded.value, encoded.unseen, request.rows, {})
+        return self._encode_ranking(request.context, request.rows)
+
+    def run(self, batch: Batch, outputs: list[str]) -> dict[str, np.ndarray]:
+        """One onnxruntime call on the batch; inference time and rows go to the metrics."""
+        feeds = {"feature_index": batch.index, "feature_value": batch.value}
+        start = time.perf_counter()
+        results = self.session.run(outputs, feeds)
+        if self.metrics is not None:
+            self.metrics.observe_inference(len(batch), time.perf_counter() - start)
+            self.metrics.count_unseen(batch.unseen)
+        return dict(zip(outputs, results, strict=True))
+
+    def predict(self, request: PredictRequest) -> dict[str, Any]:
+        """Scores in request order, unseen values per field, and explanations when asked."""
+        batch = self.encode(request)
+        out = self.run(batch, EXPLAIN if request.explain else SCORE)
+        answer: dict[str, Any] = {
+            "model": self.ref,
+            "task": self.task,
+            "scores": out["score"],
+            "unknown_values": batch.unseen,
+        }
+        if request.explain:
+            answer["explanations"] = self._explanations(batch, out, request.top_k)
+        return answer
+
+    def explain_query(self, params: Iterable[tuple[str, str]], top_k: int | None) -> dict[str, Any]:
+        """`GET /explain`: one row given as query parameters, taken apart term by term."""
+        values: dict[str, str] = {}
+        repeated = []
+        for key, value in params:
+            if key == "top_k":
+                continue
+            if key in values:
+                repeated.append((key, "given more than once"))
+            values[key] = value
+        if repeated:
+            raise ValidationFailed("each field takes one value", repeated)
+        if top_k is not None and top_k > len(self.pairs):
+            raise ValidationFailed(
+                f"top_k must be at most {len(self.pairs)}, the number of pairs",
+                [("top_k", f"greater than {len(self.pairs)}")],
+            )
+        return self.explain(self.schemas.parse_row(values), top_k)
+
+    def explain(self, row: Mapping[str, Any], top_k: int | None = None) -> dict[str, Any]:
+        """Score, raw, bias, linear terms and every pair sorted by |contribution|; with top_k,
+        also `top_pairs`, the k first of them (as `/predict` explanations list them)."""
+        encoded = self.encoder.encode({name: [row[name]] for name in self.names})
+        batch = Batch(encoded.index, encoded.value, encoded.unseen, [row], {})
+        out = self.run(batch, ALL)
+        linear = out["linear_contribution"][0].tolist()
+        pairs = self._pair_terms(batch, out, len(self.pairs))[0]
+        answer = {
+            "model": self.ref,
+            "task": self.task,
+            "score": float(out["score"][0]),
+            "raw": float(out["raw"][0]),
+            "bias": self.bias,
+            "linear": [
+                {"field": name, "value": row[name], "contribution": c}
+                for name, c in zip(self.names, linear, strict=True)
+            ],
+            "pairs": pairs,
+            "unknown_values": batch.unseen,
+        }
+        if top_k is not None:
+            answer["top_pairs"] = pairs[:top_k]
+        return answer
+
+    def warm_up(self, sizes: Iterable[int]) -> None:
+        """Run every output set once at each batch size, so first requests pay no allocation."""
+        oov = np.array([f.offset for f in self.encoder.fields], dtype=np.int64)
+        for size in sorted(set(sizes)):
+            index = np.broadcast_to(oov, (size, len(oov))).copy()
+            value = np.ones((size, len(oov)), dtype=np.float32)
+            feeds = {"feature_index": index, "feature_value": value}
+            for outputs in (SCORE, EXPLAIN, ALL):
+                self.session.run(outputs, feeds)
+
+    def _encode_ranking(
+        self, context: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]]
+    ) -> Batch:
+        split = self._split(frozenset(context))
+        n = len(candidates)
+        index = np.empty((n, len(self.names)), dtype=np.int64)
+        value = np.empty((n, len(self.names)), dtype=np.float32)
+        unseen: dict[str, int] = {}
+        try:
+            if set(map(len, candidates)) != {len(split.candidate_fields)}:
+                raise KeyError
+            columns = {f.name: [c[f.name] for c in candidates] for f in split.candidates.fields}
+        except KeyError:
+            raise self._cover_error(context, candidates, split) from None
+        if split.context_positions:
+            shared = [self._encode_value(name, context[name]) for name in split.context_fields]
+            index[:, split.context_positions] = [i for i, _, _ in shared]
+            value[:, split.context_positions] = [x for _, x, _ in shared]
+            for name, (_, _, count) in zip(split.context_fields, shared, strict=True):
+                if name in self._categorical:
+                    unseen[name] = count * n
+        if split.candidate_positions:
+            each = split.candidates.encode(columns)
+            index[:, split.candidate_positions] = each.index
+            value[:, split.candidate_positions] = each.value
+            unseen.update(each.unseen)
+        ordered = {name: unseen[name] for name in self.names if name in unseen}
+        return Batch(index, value, ordered, candidates, context)
+
+    def _encode_value(self, name: str, raw: Any) -> tuple[int, float, int]:
+        """One value through the bundle's encoder, memoised: contexts repeat across requests."""
+        cache = self._values[name]
+        hit = cache.get(raw)
+        if hit is None:
+            encoded = self._single[name].encode({name: [raw]})
+            hit = (
+                int(encoded.index[0, 0]),
+                float(encoded.value[0, 0]),
+                encoded.unseen.get(name, 0),
+            )
+            if len(cache) >= VALUE_CACHE_SIZE:
+                cache.clear()
+            cache[raw] = hit
+        return hit
+
+    def _split(self, context_fields: frozenset[str]) -> _Split:
+        split = self._splits.get(context_fields)
+        if split is None:
+            shared = [f for f in self.encoder.fields if f.name in context_fields]
+            each = [f for f in self.encoder.fields if f.name not in context_fields]
+            split = _Split(
+                context_fields=tuple(f.name for f in shared),
+                context_positions=[self.positions[f.name] for f in shared],
+                candidates=FeatureEncoder(each),
+                candidate_positions=[self.positions[f.name] for f in each],
+                candidate_fields=frozenset(f.name for f in each),
+            )
+            if len(self._splits) >= SPLIT_CACHE_SIZE:
+                self._splits.clear()
+            self._splits[context_fields] = split
+        return split
+
+    @staticmethod
+    def _cover_error(
+        context: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]], split: _Split
+    ) -> ValidationFailed:
+        details = []
+        for i, candidate in enumerate(candidates):
+            keys = set(candidate)
+            for name in sorted(keys & set(context)):
+                details.append((f"candidates[{i}].{name}", "given in both context and candidates"))
+            for name in sorted(split.candidate_fields - keys):
+                details.append((f"candidates[{i}].{name}", "missing (in neither context nor here)"))
+        return ValidationFailed(
+            "context and each candidate together must give every field exactly once", details
+        )
+
+    def _explanations(
+        self, batch: Batch, out: Mapping[str, np.ndarray], top_k: int
+    ) -> list[dict[str, Any]]:
+        raws = out["raw"].tolist()
+        terms = self._pair_terms(batch, out, top_k)
+        return [
+            {"raw": raw, "bias": self.bias, "top_pairs": pairs}
+            for raw, pairs in zip(raws, terms, strict=True)
+        ]
+
+    def _pair_terms(
+        self, batch: Batch, out: Mapping[str, np.ndarray], top_k: int
+    ) -> list[list[dict[str, Any]]]:
+        contribution, attention = out["pair_contribution"], out["attention"]
+        order = np.argsort(-np.abs(contribution), axis=1, kind="stable")[:, :top_k]
+        top_c = np.take_along_axis(contribution, order, axis=1).tolist()
+        top_a = np.take_along_axis(attention, order, axis=1).tolist()
+        rows = []
+        for i, (pairs, cs, attns) in enumerate(zip(order.tolist(), top_c, top_a, strict=True)):
+            terms = []
+            for p, c, a in zip(pairs, cs, attns, strict=True):
+                left, right = self.pairs[p]
+                terms.append(
+                    {
+                        "fields": [left, right],
+                        "values": [batch.value_of(i, left), batch.value_of(i, right)],
+                        "attention": a,
+                        "contribution": c,
+                    }
+                )
+            rows.append(terms)
+        return rows
+
+    def _model_card(self) -> dict[str, Any]:
+        manifest = self.bundle.manifest
+        fields = []
+        for f in self.encoder.fields:
+            categorical = f.kind == "categorical"
+            fields.append(
+                {
+                    "name": f.name,
+                    "kind": f.kind,
+                    "cardinality": len(f.vocabulary) if categorical else None,
+                    "examples": f.examples(3) if categorical else [round(f.mean, 3)],
+                }
+            )
+        return {
+            "name": self.name,
+            "version": self.version,
+            "task": self.task,
+            "link": manifest.get("link", {}),
+            "created": manifest.get("created"),
+            "fields": fields,
+            "pairs": len(self.pairs),
+            "metrics": manifest.get("metrics", {}),
+            "global_attention": manifest.get("global_attention"),
+        }
+
+
+class ModelRuntime:
+    """Owns the served model: loads, verifies and warms bundles, and swaps them atomically."""
+
+    def __init__(self, settings: Settings, metrics: ServiceMetrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.load_error: str | None = "not loaded yet"
+        self._current: ServedModel | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def ready(self) -> bool:
+        return self._current is not None
+
+    @property
+    def model(self) -> ServedModel:
+        """The model serving now; NotReady until the first one is loaded and warmed."""
+        current = self._current
+        if current is None:
+            raise NotReady(f"no model is being served: {self.load_error}")
+        return current
+
+    def warm_up_sizes(self) -> list[int]:
+        limit = self.settings.max_candidates
+        return sorted({size for size in (1, 8, 64, 256, limit) if size <= limit})
+
+    def load(self, name: str | None = None, version: int | None = None) -> ServedModel:
+        """Resolve, verify and warm a bundle beside the current one, then swap it in.
+
+        NotFound when no such model or version exists, BundleRefused when the bundle fails
+        verification; either way the model served before keeps serving.
+        """
+        with self._lock:
+            try:
+                path = bundles.resolve(self.settings.models_dir, name, version)
+            except bundles.BundleError as error:
+                self._refused(error.reason)
+                field = "version" if version is not None and "version" in error.reason else "name"
+                raise NotFound(str(error), [(field, error.reason)]) from None
+            try:
+                bundle = bundles.read(path)
+                session = bundle.session(session_options(self.settings))
+                served = ServedModel(bundle, session, self.settings, self.metrics)
+                served.warm_up(self.warm_up_sizes())
+            except bundles.BundleError as error:
+                self._refused(str(error))
+                details = [("bundle", error.reason)]
+                raise BundleRefused(f"bundle refused: {error}", details) from None
+            except Exception as error:
+                self._refused(f"{path}: {error}")
+                raise BundleRefused(f"bundle refused: {path}: {error}") from None
+            self._current = served
+            self.load_error = None
+        if self.metrics is not None:
+            self.metrics.reloads.labels("loaded").inc()
+            self.metrics.serving(served.name, served.version, served.task)
+        log.info(
+            "serving model", extra={"model": served.name, "version": served.version, "path": path}
+        )
+        return served
+
+    def reload(self, name: str | None = None, version: int | None = None) -> ServedModel:
+        """Load the newest (or given) version of the served model; the old one stays on failure."""
+        current = self._current
+        if name is None:
+            name = current.name if current is not None else self.settings.model_name
+        return self.load(name, version)
+
+    def _refused(self, reason: str) -> None:
+        if self._current is None:
+            self.load_error = reason
+        if self.metrics is not None:
+            self.metrics.reloads.labels("refused").inc()
+        log.error("bundle refused", extra={"reason": reason})

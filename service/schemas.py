@@ -1,0 +1,341 @@
+"""Request and response schemas: static response models, and request models built from a bundle.
+
+Request models are TypedDicts generated from the bundle's fields at load, so the OpenAPI document
+shows the real field names and a whole request is parsed and validated in one pydantic-core pass
+(`validate_json`) into plain dicts, without a Python model object per candidate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, NotRequired, TypeAlias
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StringConstraints,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    with_config,
+)
+from typing_extensions import TypedDict
+
+from service.errors import (
+    InvalidJSON,
+    PayloadTooLarge,
+    ValidationFailed,
+    field_path,
+    validation_details,
+)
+from training.features import FeatureEncoder, FittedField
+
+Value: TypeAlias = str | float
+ROW_LISTS = ("instances", "candidates")
+FORBID = ConfigDict(extra="forbid")
+
+
+class ModelRef(BaseModel):
+    """Which bundle answered."""
+
+    name: str
+    version: int
+
+
+class PairTerm(BaseModel):
+    """One field pair of a row: its attention weight and its share of the raw score."""
+
+    fields: tuple[str, str]
+    values: tuple[Value, Value]
+    attention: float
+    contribution: float
+
+
+class RowExplanation(BaseModel):
+    """The raw score of one row, the global bias, and its pairs with the largest |contribution|."""
+
+    raw: float
+    bias: float
+    top_pairs: list[PairTerm]
+
+
+class PredictResponse(BaseModel):
+    """Scores in request order; unseen values per field counted over the scored rows."""
+
+    model: ModelRef
+    task: str
+    scores: list[float]
+    unknown_values: dict[str, int]
+    explanations: list[RowExplanation] | None = None
+
+
+class LinearTerm(BaseModel):
+    """The first-order term `w_i x_i` of one field."""
+
+    field: str
+    value: Value
+    contribution: float
+
+
+class ExplainResponse(BaseModel):
+    """One row taken apart: `bias + sum(linear) + sum(pairs) == raw`; `top_pairs` with top_k."""
+
+    model: ModelRef
+    task: str
+    score: float
+    raw: float
+    bias: float
+    linear: list[LinearTerm]
+    pairs: list[PairTerm]
+    unknown_values: dict[str, int]
+    top_pairs: list[PairTerm] | None = None
+
+
+class FieldInfo(BaseModel):
+    """One input field of the model."""
+
+    name: str
+    kind: Literal["categorical", "numeric"]
+    cardinality: int | None
+    examples: list[Value]
+
+
+class PairAttention(BaseModel):
+    """Mean attention of one field pair over the validation split."""
+
+    fields: tuple[str, str]
+    mean_attention: float
+
+
+class ModelInfo(BaseModel):
+    """What the served bundle is and how well it did."""
+
+    name: str
+    version: int
+    task: str
+    link: dict[str, Any]
+    created: str | None
+    fields: list[FieldInfo]
+    pairs: int
+    metrics: dict[str, Any]
+    global_attention: list[PairAttention] | None
+
+
+class Health(BaseModel):
+    """The process is alive."""
+
+    status: Literal["ok"]
+
+
+class Ready(BaseModel):
+    """A model is loaded and warmed."""
+
+    status: Literal["ready"]
+    model: ModelRef
+
+
+class ReloadRequest(BaseModel):
+    """Which bundle to load; by default the newest version of the model being served."""
+
+    model_config = FORBID
+
+    name: str | None = None
+    version: Annotated[int, Field(ge=1)] | None = None
+
+
+class ReloadResponse(BaseModel):
+    """The bundle now served and the one it replaced."""
+
+    model: ModelRef
+    previous: ModelRef | None
+
+
+class ErrorDetail(BaseModel):
+    """One offending field, as a path into the request (`candidates[3].item`)."""
+
+    field: str
+    problem: str
+
+
+class ErrorInfo(BaseModel):
+    """What went wrong, for people (`message`) and programs (`code`, `details`)."""
+
+    code: str
+    message: str
+    details: list[ErrorDetail]
+
+
+class ErrorResponse(BaseModel):
+    """The one error shape of every 4xx and 5xx."""
+
+    error: ErrorInfo
+
+
+RELOAD_ADAPTER: TypeAdapter[ReloadRequest] = TypeAdapter(ReloadRequest)
+
+
+def parse_reload(body: bytes) -> ReloadRequest:
+    """Parse an `/admin/reload` body; an empty body asks for the newest version."""
+    if not body.strip():
+        return ReloadRequest()
+    try:
+        return RELOAD_ADAPTER.validate_json(body, strict=True)
+    except ValidationError as error:
+        errors = error.errors(include_url=False)
+        if any(e["type"] == "json_invalid" for e in errors):
+            raise InvalidJSON(f"the body is not valid JSON: {errors[0]['msg']}") from None
+        details = validation_details(errors)
+        raise ValidationFailed("the reload request is not valid", details) from None
+
+
+_TypedDict: Any = TypedDict
+
+
+def _value_type(field: FittedField, max_length: int) -> Any:
+    if field.kind == "numeric":
+        description = f"numeric, standardised with mean {field.mean:.6g} and std {field.std:.6g}"
+        return Annotated[
+            float,
+            Field(allow_inf_nan=False, examples=[round(field.mean, 3)], description=description),
+        ]
+    description = (
+        f"categorical, {len(field.vocabulary)} known values; an unseen value is scored "
+        "through the field's out-of-vocabulary slot and counted in `unknown_values`"
+    )
+    return Annotated[
+        str,
+        StringConstraints(max_length=max_length),
+        Field(examples=field.examples(3), description=description),
+    ]
+
+
+def _rows(item: Any, max_rows: int, description: str) -> Any:
+    return Annotated[list[item], Field(min_length=1, max_length=max_rows, description=description)]
+
+
+def _shape(value: Any) -> str:
+    return "instances" if isinstance(value, dict) and "instances" in value else "ranking"
+
+
+@dataclass(frozen=True)
+class PredictRequest:
+    """A validated `/predict` body: rows (instances or candidates) and the shared context."""
+
+    rows: list[dict[str, Any]]
+    context: dict[str, Any]
+    ranking: bool
+    explain: bool
+    top_k: int
+
+
+@dataclass(frozen=True)
+class RequestSchemas:
+    """The request models of one bundle, and the validators built on them."""
+
+    field_names: tuple[str, ...]
+    num_pairs: int
+    max_rows: int
+    default_top_k: int
+    predict: TypeAdapter[Any]
+    row: TypeAdapter[Any]
+
+    def parse_predict(self, body: bytes) -> PredictRequest:
+        """Parse and validate a `/predict` body in one pass; raises a ServiceError naming fields."""
+        try:
+            request: dict[str, Any] = self.predict.validate_json(body, strict=True)
+        except ValidationError as error:
+            raise self._refusal(error.errors(include_url=False)) from None
+        ranking = "instances" not in request
+        return PredictRequest(
+            rows=request["candidates"] if ranking else request["instances"],
+            context=request["context"] if ranking else {},
+            ranking=ranking,
+            explain=request.get("explain", False),
+            top_k=request.get("top_k", self.default_top_k),
+        )
+
+    def parse_row(self, values: dict[str, str]) -> dict[str, Any]:
+        """Validate one row given as strings (query parameters); numbers are parsed from text."""
+        try:
+            row: dict[str, Any] = self.row.validate_python(values)
+        except ValidationError as error:
+            details = validation_details(error.errors(include_url=False))
+            raise ValidationFailed("the query does not match the model's fields", details) from None
+        return row
+
+    def _refusal(self, errors: list[Any]) -> Exception:
+        if any(e["type"] == "json_invalid" for e in errors):
+            reason = errors[0]["msg"].removeprefix("Invalid JSON: ")
+            return InvalidJSON(f"the body is not valid JSON: {reason}")
+        for e in errors:
+            loc = tuple(e["loc"])[1:]
+            if e["type"] == "too_long" and len(loc) == 1 and loc[0] in ROW_LISTS:
+                actual = (e.get("ctx") or {}).get("actual_length", "more")
+                return PayloadTooLarge(
+                    f"at most {self.max_rows} rows per request, got {actual}",
+                    [(field_path(loc), f"more than {self.max_rows} rows")],
+                )
+        details = validation_details(errors, strip=1)
+        return ValidationFailed("the request does not match the model's fields", details)
+
+    def openapi(self, ref_template: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The `/predict` body schema and the definitions it refers to, for the OpenAPI document."""
+        schema = self.predict.json_schema(ref_template=ref_template)
+        return {k: v for k, v in schema.items() if k != "$defs"}, schema.get("$defs", {})
+
+
+def build_request_schemas(
+    encoder: FeatureEncoder,
+    num_pairs: int,
+    max_rows: int,
+    max_value_length: int,
+    default_top_k: int,
+) -> RequestSchemas:
+    """Generate the request models of a bundle: real field names, its kinds, its example values."""
+    types = {f.name: _value_type(f, max_value_length) for f in encoder.fields}
+    top_k = min(default_top_k, num_pairs)
+    instance = with_config(FORBID)(_TypedDict("Instance", dict(types)))
+    partial = with_config(FORBID)(
+        _TypedDict("InstanceFields", {name: NotRequired[t] for name, t in types.items()})
+    )
+    options = {
+        "explain": NotRequired[
+            Annotated[bool, Field(description="add per-row explanations (top pairs)")]
+        ],
+        "top_k": NotRequired[
+            Annotated[
+                int,
+                Field(ge=1, le=num_pairs, description=f"pairs per explained row (default {top_k})"),
+            ]
+        ],
+    }
+    instances = with_config(FORBID)(
+        _TypedDict(
+            "PredictInstances",
+            {"instances": _rows(instance, max_rows, "rows with every field"), **options},
+        )
+    )
+    ranking = with_config(FORBID)(
+        _TypedDict(
+            "PredictRanking",
+            {
+                "context": Annotated[
+                    partial, Field(description="fields shared by every candidate, encoded once")
+                ],
+                "candidates": _rows(partial, max_rows, "the remaining fields of each candidate"),
+                **options,
+            },
+        )
+    )
+    shapes: Any = Annotated[instances, Tag("instances")] | Annotated[ranking, Tag("ranking")]
+    request: Any = Annotated[shapes, Discriminator(_shape)]
+    return RequestSchemas(
+        field_names=tuple(encoder.names),
+        num_pairs=num_pairs,
+        max_rows=max_rows,
+        default_top_k=top_k,
+        predict=TypeAdapter(request),
+        row=TypeAdapter(instance),
+    )

@@ -1,0 +1,72 @@
+"""Service settings, read once from the environment (prefix `AFM_`) and the command line."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+
+
+class Settings(BaseSettings):
+    """Everything the service can be told; `AFM_<FIELD>` in the environment sets a field."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="AFM_", use_attribute_docstrings=True, extra="ignore", frozen=True
+    )
+
+    models_dir: Path = Path("models")
+    """Directory holding bundles as `<name>/<version>/` (DESIGN.md, contract 1)."""
+
+    model_name: str | None = None
+    """Model to serve; by default the only one in `models_dir`, or the most recently published."""
+
+    model_version: Annotated[int, Field(ge=1)] | None = None
+    """Version to serve at start; by default the newest published version."""
+
+    host: str = "127.0.0.1"
+    """Interface to listen on (`0.0.0.0` inside a container)."""
+
+    port: Annotated[int, Field(ge=0, le=65535)] = 8000
+    """TCP port to listen on."""
+
+    intra_op_threads: Annotated[int, Field(ge=0)] = 1
+    """onnxruntime intra-op threads per inference (0: one per core); scale out with replicas."""
+
+    max_candidates: Annotated[int, Field(ge=1)] = 1000
+    """Most rows (instances or candidates) one request may ask to score; more is a 413."""
+
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 1 << 20
+    """Largest request body, checked on Content-Length and on the bytes read; more is a 413."""
+
+    max_value_length: Annotated[int, Field(ge=1)] = 1024
+    """Longest string accepted for a categorical value; longer is a 422."""
+
+    default_top_k: Annotated[int, Field(ge=1)] = 5
+    """Pairs per row in `/predict` explanations when the request gives no `top_k`."""
+
+    threadpool_min_rows: Annotated[int, Field(ge=0)] = 64
+    """Requests of at least this many rows run onnxruntime in a worker thread, off the loop."""
+
+    api_keys: Annotated[list[SecretStr], NoDecode] = []
+    """Keys accepted in the `X-API-Key` header of admin routes, comma-separated; none: disabled."""
+
+    log_level: LogLevel = "info"
+    """Level of the JSON logs written to stderr."""
+
+    access_log: bool = True
+    """Log one JSON line per request (method, route, status, duration, request id)."""
+
+    replica: str = Field(default_factory=socket.gethostname)
+    """Name of this replica, sent in the `X-Served-By` header of every response (default: host)."""
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value

@@ -1,0 +1,164 @@
+"""Fixtures for the service tests: bundles copied from the session's tiny AFM, and a real server
+process (`python -m service`) on a free port, started where `import torch` fails."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service.client import AFMClient
+from training import bundle as bundles
+
+ROOT = Path(__file__).resolve().parents[2]
+API_KEY = "test-key"
+CONTEXT = {
+    "user": "0",
+    "daytime": "morning",
+    "weekday": "sunday",
+    "isweekend": "weekend",
+    "homework": "home",
+    "cost": "free",
+    "weather": "weather0",
+    "country": "country0",
+    "city": "0",
+    "price": 1.5,
+}
+SERVER_ENV = {
+    "AFM_API_KEYS": API_KEY,
+    "AFM_REPLICA": "replica-test",
+    "AFM_MAX_CANDIDATES": "300",
+    "AFM_MAX_BODY_BYTES": str(256 * 1024),
+    "AFM_THREADPOOL_MIN_ROWS": "50",
+}
+
+
+@dataclass
+class Server:
+    """A running service process."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    models_dir: Path
+
+    def client(self, **options: Any) -> AFMClient:
+        return AFMClient(self.url, **options)
+
+    def logs(self) -> list[dict[str, Any]]:
+        lines = self.log.read_text(errors="replace").splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def torch_blocker(folder: Path) -> Path:
+    """A folder that, first on PYTHONPATH, makes `import torch` fail."""
+    package = folder / "torch"
+    package.mkdir(parents=True, exist_ok=True)
+    (package / "__init__.py").write_text(
+        'raise ImportError("torch is blocked: the service must not import it")\n'
+    )
+    return folder
+
+
+def blocked_torch_env(folder: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AFM_")}
+    paths = [str(torch_blocker(folder)), str(ROOT), env.get("PYTHONPATH", "")]
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+    env.update(extra)
+    return env
+
+
+def copy_models(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    return target
+
+
+def publish_copy(models_dir: Path, name: str, version: int) -> Path:
+    """Publish the newest bundle of `name` again as `version` (a valid new bundle)."""
+    source = bundles.resolve(models_dir, name)
+    target = models_dir / name / str(version)
+    shutil.copytree(source, target)
+    manifest = json.loads((target / "bundle.json").read_text())
+    manifest["version"] = version
+    (target / "bundle.json").write_text(json.dumps(manifest))
+    return target
+
+
+def start_server(models_dir: Path, workdir: Path, **env: str) -> Server:
+    port = free_port()
+    log = workdir / f"server-{port}.log"
+    command = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--models-dir", str(models_dir)]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=blocked_torch_env(workdir / "shim", **{**SERVER_ENV, **env}),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    server = Server(f"http://127.0.0.1:{port}", process, log, models_dir)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited ({process.returncode}):\n{log.read_text()}")
+        try:
+            if httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    stop_server(server)
+    raise RuntimeError(f"the server did not get ready:\n{log.read_text()}")
+
+
+def stop_server(server: Server) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+
+
+@pytest.fixture(scope="session")
+def server(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One service process for the tests that leave its model alone."""
+    workdir = tmp_path_factory.mktemp("server")
+    running = start_server(copy_models(models_dir, workdir / "models"), workdir)
+    yield running
+    stop_server(running)
+
+
+@pytest.fixture()
+def client(server: Server) -> Iterator[AFMClient]:
+    with server.client(api_key=API_KEY) as afm:
+        yield afm
+
+
+@pytest.fixture(scope="session")
+def served_bundle(tiny_bundle: Path) -> bundles.Bundle:
+    return bundles.read(tiny_bundle)
+
+
+def candidate_items(bundle: bundles.Bundle, n: int) -> list[str]:
+    """n distinct known items, in an order that is not the vocabulary's."""
+    items = list(bundle.encoder.field("item").vocabulary)[:n]
+    return items[1::2] + items[0::2]

@@ -1,0 +1,72 @@
+"""The training CLI end to end in quick mode, as a user runs it."""
+
+import json
+
+import pytest
+
+from tests.conftest import train_tiny
+from training import bundle
+from training.__main__ import main
+
+
+def test_quick_training_publishes_a_complete_bundle(tmp_path, capsys):
+    path = train_tiny(tmp_path / "models", "--name", "quick-afm")
+    assert path == tmp_path / "models" / "quick-afm" / "1"
+    files = {p.name for p in path.iterdir()}
+    assert {"model.onnx", "bundle.json", "checkpoint.pt", "learning_curve.png", "attention.png"} <= files
+    manifest = bundle.read(path).manifest
+    assert manifest["task"] == "ctr" and manifest["model"] == "afm"
+    assert set(manifest["metrics"]) == {"validation", "test"}
+    assert 0.0 <= manifest["metrics"]["test"]["auc"] <= 1.0
+    assert manifest["training_config"]["epochs"] == 1
+    assert len(manifest["data"]["fingerprint"]) == 64
+    assert "published" in capsys.readouterr().out
+
+
+def test_versions_increase_with_each_publish(tmp_path):
+    first = train_tiny(tmp_path, "--name", "m")
+    second = train_tiny(tmp_path, "--name", "m")
+    assert (first.name, second.name) == ("1", "2")
+    assert not [p for p in (tmp_path / "m").iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_same_seed_gives_the_same_model(tmp_path):
+    a = bundle.read(train_tiny(tmp_path, "--name", "a", "--seed", "3")).manifest
+    b = bundle.read(train_tiny(tmp_path, "--name", "b", "--seed", "3")).manifest
+    c = bundle.read(train_tiny(tmp_path, "--name", "c", "--seed", "4")).manifest
+    assert a["metrics"] == b["metrics"] and a["bias"] == b["bias"]
+    assert a["metrics"] != c["metrics"]
+
+
+def test_rating_task_with_fm_pretraining_publishes_fm_then_afm(tmp_path):
+    main(["train", "--quick", "--task", "rating", "--pretrain-fm", "--name", "s-afm", "--out", str(tmp_path)])
+    fm, afm = bundle.read(tmp_path / "s-fm" / "1"), bundle.read(tmp_path / "s-afm" / "1")
+    assert fm.manifest["model"] == "fm" and afm.manifest["model"] == "afm"
+    assert afm.manifest["link"] == {"kind": "clip", "min": -1.0, "max": 1.0}
+    assert "rmse" in afm.manifest["metrics"]["test"]
+
+
+def test_files_dataset_trains_on_a_declared_spec(tmp_path):
+    from tests.training.test_readers import write_same_rows
+
+    csv, parquet, _ = write_same_rows(tmp_path, rows=300)
+    main(["train", "--quick", "--dataset", "files", "--fields", "user,item,weather:categorical:2",
+          "--train", str(csv), "--validation", str(parquet), "--test", str(csv), "--out", str(tmp_path / "m")])  # fmt: skip
+    manifest = bundle.read(tmp_path / "m" / "files-afm" / "1").manifest
+    assert [f["name"] for f in manifest["fields"]] == ["user", "item", "weather"]
+
+
+def test_evaluate_scores_a_bundle_through_onnxruntime(tmp_path, capsys):
+    path = train_tiny(tmp_path)
+    capsys.readouterr()
+    main(["evaluate", "--bundle", str(path), "--max-rows", "2000", "--split", "test"])
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["auc"] == pytest.approx(bundle.read(path).manifest["metrics"]["test"]["auc"], abs=1e-4)
+
+
+def test_help_lists_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    for option in ("--dataset", "--task", "--model", "--out", "--pretrain-fm", "--device", "--quick", "--seed"):
+        assert option in text

@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+
+from training.features import MISSING, FeatureEncoder, FeatureSpec, FieldSpec
+
+SPEC = FeatureSpec((FieldSpec("user"), FieldSpec("city", min_count=2), FieldSpec("age", "numeric")))
+TRAIN = {
+    "user": np.array(["b", "a", "b", "c", "a", "b"]),
+    "city": np.array(["x", "x", "y", "x", "z", "z"]),
+    "age": np.array([20.0, 30.0, 40.0, np.nan, 30.0, 30.0]),
+}
+
+
+def test_vocabulary_is_ordered_by_frequency_then_first_appearance():
+    encoder = FeatureEncoder.fit(SPEC, TRAIN)
+    user = encoder.field("user")
+    assert user.vocabulary == {"b": 1, "a": 2, "c": 3}  # b x3, then a x2, then c; slot 0 is OOV
+    assert user.oov_index == 0
+
+
+def test_fields_own_contiguous_blocks_of_the_embedding_table():
+    encoder = FeatureEncoder.fit(SPEC, TRAIN)
+    user, city, age = encoder.fields
+    assert (user.offset, city.offset, age.offset) == (0, 4, 7)
+    assert encoder.num_features == 8
+
+
+def test_rare_values_fall_below_min_count_into_oov():
+    encoder = FeatureEncoder.fit(SPEC, TRAIN)
+    city = encoder.field("city")
+    assert set(city.vocabulary) == {"x", "z"}  # y was seen once, min_count is 2
+    encoded = encoder.encode({"user": ["a"], "city": ["y"], "age": [30.0]})
+    assert encoded.index[0, 1] == city.oov_index
+
+
+def test_unseen_values_map_to_oov_and_are_counted_missing_ones_are_not():
+    encoder = FeatureEncoder.fit(SPEC, TRAIN)
+    encoded = encoder.encode({"user": ["zz", MISSING, "a"], "city": ["x", "x", "q"], "age": [1.0, 2.0, 3.0]})
+    assert encoded.index[:, 0].tolist() == [0, 0, 2]
+    assert encoded.index[2, 1] == encoder.field("city").oov_index
+    assert encoded.unseen == {"user": 1, "city": 1}
+
+
+def test_numeric_field_is_standardised_and_missing_numbers_take_the_mean():
+    encoder = FeatureEncoder.fit(SPEC, TRAIN)
+    age = encoder.field("age")
+    finite = TRAIN["age"][np.isfinite(TRAIN["age"])]
+    assert age.mean == pytest.approx(finite.mean())
+    assert age.std == pytest.approx(finite.std())
+    encoded = encoder.encode({"user": ["a", "a"], "city": ["x", "x"], "age": [40.0, np.nan]})
+    assert encoded.index[:, 2].tolist() == [age.offset, age.offset]
+    assert encoded.value[0, 2] == pytest.approx((40.0 - age.mean) / age.std)
+    assert encoded.value[1, 2] == 0.0
+    assert encoded.value[:, :2].tolist() == [[1.0, 1.0], [1.0, 1.0]]
+
+
+def test_encoder_round_trips_through_json_dict():
+    encoder = FeatureEncoder.fit(SPEC, TRAIN)
+    again = FeatureEncoder.from_dict(encoder.to_dict())
+    columns = {"user": ["c", "b", "?"], "city": ["z", "y", "x"], "age": [25.0, 35.0, np.nan]}
+    a, b = encoder.encode(columns), again.encode(columns)
+    assert np.array_equal(a.index, b.index) and np.array_equal(a.value, b.value)
+
+
+def test_feature_spec_parses_kinds_and_min_counts():
+    spec = FeatureSpec.parse("user, item:categorical:5, age:numeric", label="clicked")
+    assert spec.fields == (FieldSpec("user"), FieldSpec("item", "categorical", 5), FieldSpec("age", "numeric"))
+    assert spec.label == "clicked"
+    with pytest.raises(ValueError, match="unknown kind"):
+        FeatureSpec.parse("user:text")

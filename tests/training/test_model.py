@@ -1,0 +1,97 @@
+import pytest
+import torch
+
+from training.model import AFM, AFMConfig, field_pairs
+
+F, K = 5, 6
+
+
+def random_rows(batch: int = 16, num_features: int = 40, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    index = torch.randint(0, num_features, (batch, F), generator=generator)
+    value = torch.rand(batch, F, generator=generator) + 0.5
+    return index, value
+
+
+def trained_like(attention: bool = True, seed: int = 0) -> AFM:
+    """A model with every parameter random (h too), as after training, in eval mode."""
+    torch.manual_seed(seed)
+    model = AFM(AFMConfig(40, F, K, 4, attention=attention, dropout=0.5))
+    for parameter in model.parameters():
+        torch.nn.init.normal_(parameter, std=0.5)
+    return model.eval()
+
+
+def test_outputs_have_the_contract_shapes():
+    model = trained_like()
+    out = model(*random_rows(batch=7))
+    pairs = F * (F - 1) // 2
+    assert out.raw.shape == (7,)
+    assert out.attention.shape == out.pair_contribution.shape == (7, pairs)
+    assert out.linear_contribution.shape == (7, F)
+
+
+def test_pair_order_is_row_major_upper_triangle():
+    assert field_pairs(4) == ([0, 0, 0, 1, 1, 2], [1, 2, 3, 2, 3, 3])
+
+
+def test_attention_is_a_softmax_over_the_pairs_axis():
+    out = trained_like()(*random_rows())
+    assert torch.allclose(out.attention.sum(1), torch.ones(16), atol=1e-6)
+    # a size-1 softmax (the bug in two public implementations) would give all ones
+    assert out.attention.std(1).min() > 1e-3
+    assert (out.attention < 1).all()
+
+
+def test_raw_is_bias_plus_linear_plus_pair_contributions():
+    model = trained_like()
+    out = model(*random_rows())
+    total = model.bias + out.linear_contribution.sum(1) + out.pair_contribution.sum(1)
+    assert torch.allclose(out.raw, total, atol=1e-5)
+
+
+def test_pair_contribution_follows_the_equation():
+    model = trained_like()
+    index, value = random_rows(batch=3)
+    out = model(index, value)
+    v = model.embedding(index) * value.unsqueeze(-1)
+    i, j = field_pairs(F)
+    interaction = v[:, i] * v[:, j]
+    logits = torch.relu(model.attention_w(interaction)) @ model.attention_h
+    expected = torch.softmax(logits, dim=1) * (interaction @ model.projection)
+    assert torch.allclose(out.pair_contribution, expected, atol=1e-5)
+
+
+def test_fm_is_the_classic_factorization_machine():
+    model = trained_like(attention=False)
+    index, value = random_rows()
+    out = model(index, value)
+    v = model.embedding(index) * value.unsqueeze(-1)  # (B, F, k)
+    # Rendle's identity: sum_{i<j} <v_i, v_j> = 1/2 ((sum_i v_i)^2 - sum_i v_i^2)
+    pairwise = 0.5 * (v.sum(1).pow(2) - v.pow(2).sum(1)).sum(1)
+    linear = (model.linear(index).squeeze(-1) * value).sum(1)
+    assert torch.allclose(out.raw, model.bias + linear + pairwise, atol=1e-4)
+    assert torch.allclose(out.attention, torch.full_like(out.attention, 1 / 10))
+
+
+def test_fresh_afm_from_fm_embeddings_predicts_as_the_fm():
+    fm = trained_like(attention=False)
+    afm = AFM(AFMConfig(40, F, K, 4, attention=True)).eval()
+    afm.load_fm_embeddings(fm)
+    assert afm.attention_h.abs().sum() == 0  # uniform first softmax
+    rows = random_rows()
+    assert torch.allclose(afm(*rows).raw, fm(*rows).raw, atol=1e-5)
+
+
+def test_dropout_acts_in_training_only():
+    model = trained_like()
+    rows = random_rows()
+    assert torch.equal(model(*rows).raw, model(*rows).raw)
+    model.train()
+    assert not torch.equal(model(*rows).raw, model(*rows).raw)
+
+
+def test_attention_l2_is_the_squared_norm_of_w():
+    model = trained_like()
+    assert model.attention_l2().item() == pytest.approx(model.attention_w.weight.pow(2).sum().item())
+    assert trained_like(attention=False).attention_l2().item() == 0.0
