@@ -45,9 +45,11 @@ RUN python pyproject_deps.py pyproject.toml serve >requirements.txt \
 COPY README.md ./
 COPY training ./training
 COPY service ./service
+# The final stage gets this venv alone: no pip, setuptools or package test suites in it.
 RUN pip install --no-deps . \
- && python -c "import service, training.bundle, onnxruntime" \
- && pip uninstall -y -q pip
+ && python -c "import service.api, training.bundle, onnxruntime" \
+ && pip uninstall -y -q pip setuptools \
+ && find /opt/venv/lib -depth -type d -name tests -path '*/site-packages/*' -exec rm -rf {} +
 
 # ------------------------------------------------------------------------------------- serve
 FROM base AS serve

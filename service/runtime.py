@@ -272,17 +272,24 @@ class ServedModel:
             self._splits[context_fields] = split
         return split
 
-    @staticmethod
     def _cover_error(
-        context: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]], split: _Split
+        self, context: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]], split: _Split
     ) -> ValidationFailed:
-        details = []
+        given = set(context).union(*candidates)
+        absent = [name for name in self.names if name not in given]
+        details = [
+            (f"context.{name}", "missing (in neither context nor any candidate)") for name in absent
+        ]
         for i, candidate in enumerate(candidates):
-            keys = set(candidate)
-            for name in sorted(keys & set(context)):
-                details.append((f"candidates[{i}].{name}", "given in both context and candidates"))
-            for name in sorted(split.candidate_fields - keys):
-                details.append((f"candidates[{i}].{name}", "missing (in neither context nor here)"))
+            for name in self.names:
+                if name in candidate and name in context:
+                    details.append(
+                        (f"candidates[{i}].{name}", "given in both context and candidates")
+                    )
+                elif name in split.candidate_fields and name in given and name not in candidate:
+                    details.append(
+                        (f"candidates[{i}].{name}", "missing (in neither context nor here)")
+                    )
         return ValidationFailed(
             "context and each candidate together must give every field exactly once", details
         )

@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 
-
 # --quick: a tiny run that exercises every step; options given explicitly still win
 QUICK = {"max_rows": 2000, "epochs": 1, "fm_epochs": 1, "embedding_dim": 8, "attention_dim": 8}
 
@@ -27,57 +26,148 @@ def build_parser(quick: bool = False) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train AFM or FM and publish a bundle", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    train = commands.add_parser(
+        "train",
+        help="train AFM or FM and publish a bundle",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     add_data_options(train)
-    train.add_argument("--model", choices=["afm", "fm"], default="afm", help="AFM, or FM (AFM without attention)")
-    train.add_argument("--out", type=Path, default=Path("models"), help="models directory the bundle is published into")
+    train.add_argument(
+        "--model", choices=["afm", "fm"], default="afm", help="AFM, or FM (AFM without attention)"
+    )
+    train.add_argument(
+        "--out",
+        type=Path,
+        default=Path("models"),
+        help="models directory the bundle is published into",
+    )
     train.add_argument("--name", help="bundle name (default: <dataset>-<model>)")
     train.add_argument("--embedding-dim", type=int, default=64, help="k, the embedding size")
-    train.add_argument("--attention-dim", type=int, default=64, help="t, the attention network's hidden size")
-    train.add_argument("--dropout", type=float, default=0.3, help="dropout on the pair-interaction layer")
-    train.add_argument("--l2-attention", type=float, default=0.0, help="L2 weight on the attention network's W")
-    train.add_argument("--weight-decay", type=float, default=0.0, help="L2 on every parameter (optimizer weight decay)")
+    train.add_argument(
+        "--attention-dim", type=int, default=64, help="t, the attention network's hidden size"
+    )
+    train.add_argument(
+        "--dropout", type=float, default=0.3, help="dropout on the pair-interaction layer"
+    )
+    train.add_argument(
+        "--l2-attention", type=float, default=0.0, help="L2 weight on the attention network's W"
+    )
+    train.add_argument(
+        "--weight-decay",
+        type=float,
+        default=0.0,
+        help="L2 on every parameter (optimizer weight decay)",
+    )
     train.add_argument("--optimizer", choices=["adam", "adagrad"], default="adam")
     train.add_argument("--lr", type=float, default=1e-3, help="learning rate")
     train.add_argument("--batch-size", type=int, default=1024)
-    train.add_argument("--epochs", type=int, default=20, help="most epochs; early stopping may end sooner")
-    train.add_argument("--patience", type=int, default=3, help="epochs without validation improvement before stopping")
+    train.add_argument(
+        "--epochs", type=int, default=20, help="most epochs; early stopping may end sooner"
+    )
+    train.add_argument(
+        "--patience",
+        type=int,
+        default=3,
+        help="epochs without validation improvement before stopping",
+    )
     train.add_argument("--device", default="cpu", help="cpu, or cuda where there is one")
-    train.add_argument("--threads", type=int, default=0, help="CPU threads for PyTorch (0: its default)")
-    train.add_argument("--init-from", type=Path, help="a published FM (or AFM) bundle whose embeddings and vocabularies start this model (the paper's FM pre-training)")
-    train.add_argument("--pretrain-fm", action="store_true", help="train and publish an FM first, then start AFM from its embeddings")
+    train.add_argument(
+        "--threads", type=int, default=0, help="CPU threads for PyTorch (0: its default)"
+    )
+    train.add_argument(
+        "--init-from",
+        type=Path,
+        help="a published FM (or AFM) bundle whose embeddings and vocabularies start this model (the paper's FM pre-training)",
+    )
+    train.add_argument(
+        "--pretrain-fm",
+        action="store_true",
+        help="train and publish an FM first, then start AFM from its embeddings",
+    )
     train.add_argument("--fm-epochs", type=int, default=20, help="epochs of the FM pre-training")
-    train.add_argument("--fm-lr", type=float, default=1e-3, help="learning rate of the FM pre-training")
-    train.add_argument("--fm-dropout", type=float, default=0.3, help="dropout of the FM pre-training")
-    train.add_argument("--quick", action="store_true", help="a tiny run (2,000 rows, 1 epoch, k=8) that exercises every step")
+    train.add_argument(
+        "--fm-lr", type=float, default=1e-3, help="learning rate of the FM pre-training"
+    )
+    train.add_argument(
+        "--fm-dropout", type=float, default=0.3, help="dropout of the FM pre-training"
+    )
+    train.add_argument(
+        "--quick",
+        action="store_true",
+        help="a tiny run (2,000 rows, 1 epoch, k=8) that exercises every step",
+    )
     if quick:
         train.set_defaults(**QUICK)
 
-    evaluate = commands.add_parser("evaluate", help="score a data split with a bundle through onnxruntime only (no torch)", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    evaluate.add_argument("--bundle", type=Path, required=True, help="bundle folder, e.g. models/frappe-afm/1")
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="score a data split with a bundle through onnxruntime only (no torch)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    evaluate.add_argument(
+        "--bundle", type=Path, required=True, help="bundle folder, e.g. models/frappe-afm/1"
+    )
     add_data_options(evaluate)
     evaluate.add_argument("--split", choices=["train", "validation", "test"], default="test")
 
-    reproduce = commands.add_parser("reproduce", help="the paper's frappe result: FM, then AFM from FM's embeddings; prints test RMSE", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    reproduce.add_argument("--data-dir", type=Path, help="folder holding frappe/ (default: AFM_DATA_DIR or ../shared/data)")
+    reproduce = commands.add_parser(
+        "reproduce",
+        help="the paper's frappe result: FM, then AFM from FM's embeddings; prints test RMSE",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    reproduce.add_argument(
+        "--data-dir",
+        type=Path,
+        help="folder holding frappe/ (default: AFM_DATA_DIR or ../shared/data)",
+    )
     reproduce.add_argument("--out", type=Path, default=Path("models"))
     reproduce.add_argument("--threads", type=int, default=0)
     reproduce.add_argument("--device", default="cpu")
-    reproduce.add_argument("--download", action="store_true", help="fetch the paper's libFM files first")
+    reproduce.add_argument(
+        "--download", action="store_true", help="fetch the paper's libFM files first"
+    )
     return parser
 
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:
     from training.datasets import DATASETS
 
-    parser.add_argument("--dataset", choices=DATASETS, default="synthetic", help="synthetic is generated; frappe and ml-100k are read from --data-dir; files reads --train/--validation/--test")
-    parser.add_argument("--task", choices=["ctr", "rating"], default="ctr", help="ctr: 0/1 labels, log loss; rating: squared loss, RMSE")
-    parser.add_argument("--data-dir", type=Path, help="folder holding frappe/ and ml-100k/ (default: AFM_DATA_DIR, else ../shared/data where it exists, else ./data)")
-    parser.add_argument("--format", dest="data_format", choices=["csv", "libfm"], default="csv", help="frappe: the named CSV or the paper's libFM files")
-    parser.add_argument("--download", action="store_true", help="download missing files from their public source (sha256-checked)")
+    parser.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default="synthetic",
+        help="synthetic is generated; frappe and ml-100k are read from --data-dir; files reads --train/--validation/--test",
+    )
+    parser.add_argument(
+        "--task",
+        choices=["ctr", "rating"],
+        default="ctr",
+        help="ctr: 0/1 labels, log loss; rating: squared loss, RMSE",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="folder holding frappe/ and ml-100k/ (default: AFM_DATA_DIR, else ../shared/data where it exists, else ./data)",
+    )
+    parser.add_argument(
+        "--format",
+        dest="data_format",
+        choices=["csv", "libfm"],
+        default="csv",
+        help="frappe: the named CSV or the paper's libFM files",
+    )
+    parser.add_argument(
+        "--download",
+        action="store_true",
+        help="download missing files from their public source (sha256-checked)",
+    )
     parser.add_argument("--max-rows", type=int, help="use at most this many rows of each split")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the split, the initialisation and the shuffling")
-    parser.add_argument("--fields", help="files: the feature spec, e.g. user,item,age:numeric,city:categorical:5")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seeds the split, the initialisation and the shuffling"
+    )
+    parser.add_argument(
+        "--fields", help="files: the feature spec, e.g. user,item,age:numeric,city:categorical:5"
+    )
     parser.add_argument("--label", default="label", help="files: the label column")
     parser.add_argument("--train", type=Path, help="files: training CSV or Parquet")
     parser.add_argument("--validation", type=Path, help="files: validation CSV or Parquet")
@@ -91,8 +181,22 @@ def load_splits(args: argparse.Namespace) -> Any:
     if args.dataset == "files":
         if not (args.fields and args.train and args.validation and args.test):
             sys.exit("--dataset files needs --fields, --train, --validation and --test")
-        return datasets.load_files(args.task, FeatureSpec.parse(args.fields, args.label), args.train, args.validation, args.test)
-    return datasets.load(args.dataset, args.task, args.data_dir, args.data_format, args.max_rows, args.seed, args.download)
+        return datasets.load_files(
+            args.task,
+            FeatureSpec.parse(args.fields, args.label),
+            args.train,
+            args.validation,
+            args.test,
+        )
+    return datasets.load(
+        args.dataset,
+        args.task,
+        args.data_dir,
+        args.data_format,
+        args.max_rows,
+        args.seed,
+        args.download,
+    )
 
 
 def train(args: argparse.Namespace) -> Path:
@@ -110,13 +214,19 @@ def train(args: argparse.Namespace) -> Path:
     started = time.perf_counter()
     splits = load_splits(args)
     init = export.load_checkpoint(args.init_from) if args.init_from else None
-    encoder = bundle.read(args.init_from).encoder if args.init_from else FeatureEncoder.fit(splits.spec, splits.train.columns)
+    encoder = (
+        bundle.read(args.init_from).encoder
+        if args.init_from
+        else FeatureEncoder.fit(splits.spec, splits.train.columns)
+    )
 
     def tensors(table: Any) -> Tensors:
         encoded = encoder.encode(table.columns)
         return Tensors.from_numpy(encoded.index, encoded.value, table.label)
 
-    train_data, valid_data, test_data = (tensors(t) for t in (splits.train, splits.validation, splits.test))
+    train_data, valid_data, test_data = (
+        tensors(t) for t in (splits.train, splits.validation, splits.test)
+    )
     name = args.name or f"{splits.name}-{args.model}"
 
     def config(lr: float, epochs: int) -> TrainConfig:
@@ -130,11 +240,17 @@ def train(args: argparse.Namespace) -> Path:
         history = fit(model, train_data, valid_data, cfg, bundle_name)
         model.cpu()
         test_metrics = evaluate(model, test_data, TrainConfig(**{**cfg.to_dict(), "device": "cpu"}))
-        print(f"{bundle_name} test: " + "  ".join(f"{k} {v:.4f}" for k, v in test_metrics.items()), flush=True)
+        print(
+            f"{bundle_name} test: " + "  ".join(f"{k} {v:.4f}" for k, v in test_metrics.items()),
+            flush=True,
+        )
         encoded_valid = encoder.encode(splits.validation.columns)
         mean_attention = export.global_attention(model, encoded_valid.index, encoded_valid.value)
         metric = "auc" if cfg.task == "ctr" else "rmse"
-        pairs = [[encoder.names[i], encoder.names[j]] for i, j in zip(model.pair_i.tolist(), model.pair_j.tolist(), strict=True)]
+        pairs = [
+            [encoder.names[i], encoder.names[j]]
+            for i, j in zip(model.pair_i.tolist(), model.pair_j.tolist(), strict=True)
+        ]
 
         def write_plots(folder: Path) -> None:
             plots.learning_curve(history.epochs, metric, folder / "learning_curve.png")
@@ -152,12 +268,31 @@ def train(args: argparse.Namespace) -> Path:
             "train_rows_per_second": history.train_rows_per_second,
             "artifacts": {"learning_curve": "learning_curve.png", "attention_heatmap": "attention.png"},
         }  # fmt: skip
-        path = export.publish_bundle(model, encoder, args.out, bundle_name, cfg.task, splits.label_range, mean_attention, extras, write_plots)
+        path = export.publish_bundle(
+            model,
+            encoder,
+            args.out,
+            bundle_name,
+            cfg.task,
+            splits.label_range,
+            mean_attention,
+            extras,
+            write_plots,
+        )
         print(f"published {path}", flush=True)
         return path
 
     def new_model(attention: bool, dropout: float) -> AFM:
-        return AFM(AFMConfig(encoder.num_features, len(encoder.fields), args.embedding_dim, args.attention_dim, attention, dropout))
+        return AFM(
+            AFMConfig(
+                encoder.num_features,
+                len(encoder.fields),
+                args.embedding_dim,
+                args.attention_dim,
+                attention,
+                dropout,
+            )
+        )
 
     if args.pretrain_fm and args.model == "afm":
         fm = new_model(False, args.fm_dropout)
@@ -165,8 +300,13 @@ def train(args: argparse.Namespace) -> Path:
         init = export.load_checkpoint(fm_path)
     model = new_model(args.model == "afm", args.dropout)
     if init is not None:
-        if init.config.num_features != encoder.num_features or init.config.embedding_dim != args.embedding_dim:
-            sys.exit("--init-from: that bundle's vocabularies or embedding size differ from this model's")
+        if (
+            init.config.num_features != encoder.num_features
+            or init.config.embedding_dim != args.embedding_dim
+        ):
+            sys.exit(
+                "--init-from: that bundle's vocabularies or embedding size differ from this model's"
+            )
         model.load_fm_embeddings(init)
     path = run(model, config(args.lr, args.epochs), name)
     print(f"done in {time.perf_counter() - started:.0f}s", flush=True)
@@ -186,9 +326,11 @@ def evaluate_bundle(args: argparse.Namespace) -> dict[str, float]:
         session.run(["score"], {"feature_index": encoded.index[s : s + 8192], "feature_value": encoded.value[s : s + 8192]})[0]
         for s in range(0, len(table), 8192)
     ])  # fmt: skip
-    label_range = tuple(loaded.manifest["label_range"])
-    result = metrics.compute(loaded.task, table.label, scores, label_range)  # type: ignore[arg-type]
-    print(json.dumps({"bundle": str(args.bundle), "split": args.split, "rows": len(table), **result}))
+    low, high = loaded.manifest["label_range"]
+    result = metrics.compute(loaded.task, table.label, scores, (low, high))
+    print(
+        json.dumps({"bundle": str(args.bundle), "split": args.split, "rows": len(table), **result})
+    )
     return result
 
 

@@ -114,7 +114,9 @@ def read(path: Path | str) -> Bundle:
         raise BundleError(path, f"{MANIFEST} is not valid JSON: {error}") from error
     if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
         found = manifest.get("format_version") if isinstance(manifest, dict) else None
-        raise BundleError(path, f"unknown format version {found!r} (this reader knows {FORMAT_VERSION})")
+        raise BundleError(
+            path, f"unknown format version {found!r} (this reader knows {FORMAT_VERSION})"
+        )
     for key in ("name", "version", "task", "link", "fields", "pairs", "io", "sha256", "bias"):
         if key not in manifest:
             raise BundleError(path, f"{MANIFEST} lacks {key!r}")
@@ -122,11 +124,16 @@ def read(path: Path | str) -> Bundle:
     if not graph.is_file():
         raise BundleError(path, f"{GRAPH} is missing")
     if (digest := sha256_file(graph)) != manifest["sha256"]:
-        raise BundleError(path, f"checksum mismatch: {GRAPH} has sha256 {digest}, bundle.json says {manifest['sha256']}")
+        raise BundleError(
+            path,
+            f"checksum mismatch: {GRAPH} has sha256 {digest}, bundle.json says {manifest['sha256']}",
+        )
     encoder = FeatureEncoder.from_dict(manifest)
     expected = io_signature(len(encoder.fields), len(manifest["pairs"]))
     if manifest["io"] != expected:
-        raise BundleError(path, "the declared I/O does not match the fields and pairs of bundle.json")
+        raise BundleError(
+            path, "the declared I/O does not match the fields and pairs of bundle.json"
+        )
     return Bundle(path, manifest, encoder)
 
 
@@ -134,14 +141,17 @@ def _check_io(path: Path, session: ort.InferenceSession, declared: Mapping[str, 
     for kind, nodes in (("inputs", session.get_inputs()), ("outputs", session.get_outputs())):
         actual = {n.name: n for n in nodes}
         if list(actual) != list(declared[kind]):
-            raise BundleError(path, f"graph {kind} {list(actual)} differ from bundle.json {list(declared[kind])}")
+            raise BundleError(
+                path, f"graph {kind} {list(actual)} differ from bundle.json {list(declared[kind])}"
+            )
         for name, node in actual.items():
             want = declared[kind][name]
             dtype = ORT_TYPES.get(node.type, node.type)
             shape = [d if isinstance(d, int) else "batch" for d in node.shape]
             if dtype != want["dtype"] or shape != want["shape"]:
                 raise BundleError(
-                    path, f"graph {kind[:-1]} {name!r} is {dtype}{shape}, bundle.json says {want['dtype']}{want['shape']}"
+                    path,
+                    f"graph {kind[:-1]} {name!r} is {dtype}{shape}, bundle.json says {want['dtype']}{want['shape']}",
                 )
 
 
@@ -150,7 +160,15 @@ def resolve(models_dir: Path | str, name: str | None = None, version: int | None
     most recently published bundle of any model."""
     models_dir = Path(models_dir)
     if name is None:
-        names = [p for p in models_dir.iterdir() if p.is_dir() and not p.name.startswith(".") and versions(p)] if models_dir.is_dir() else []
+        names = (
+            [
+                p
+                for p in models_dir.iterdir()
+                if p.is_dir() and not p.name.startswith(".") and versions(p)
+            ]
+            if models_dir.is_dir()
+            else []
+        )
         if not names:
             raise BundleError(models_dir, "no bundle found")
         latest = [p / str(max(versions(p))) for p in names]
@@ -162,7 +180,9 @@ def resolve(models_dir: Path | str, name: str | None = None, version: int | None
     if version is None:
         return model_dir / str(max(available))
     if version not in available:
-        raise BundleError(model_dir, f"model {name!r} has no version {version} (has {sorted(available)})")
+        raise BundleError(
+            model_dir, f"model {name!r} has no version {version} (has {sorted(available)})"
+        )
     return model_dir / str(version)
 
 
@@ -173,7 +193,9 @@ def versions(model_dir: Path) -> list[int]:
     return [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
 
 
-def publish(models_dir: Path | str, name: str, manifest: dict[str, Any], write_files: Callable[[Path], None]) -> Path:
+def publish(
+    models_dir: Path | str, name: str, manifest: dict[str, Any], write_files: Callable[[Path], None]
+) -> Path:
     """Write a bundle into a hidden staging folder, then rename it to the next version.
 
     `write_files(folder)` writes model.onnx and any extras; bundle.json is written last, with the

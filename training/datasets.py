@@ -83,11 +83,11 @@ def load_files(
 ) -> Splits:
     """A user's own CSV or Parquet splits, read with a declared feature spec."""
     paths = [Path(train), Path(validation), Path(test)]
-    tables = [read_table(p, spec, delimiter) for p in paths]
-    for t in tables:
-        t.label = _task_labels(t.label, task, binary=task == "ctr")
+    train_table, validation_table, test_table = (read_table(p, spec, delimiter) for p in paths)
+    label_range = _label_range(train_table.label)
+    fingerprint = fingerprint_files(paths)
     return Splits(
-        "files", task, spec, *tables, _label_range(tables[0].label), fingerprint_files(paths)
+        "files", task, spec, train_table, validation_table, test_table, label_range, fingerprint
     )
 
 
@@ -119,14 +119,16 @@ def synthetic(task: Task = "ctr", rows: int = 60_000, seed: int = 0) -> Splits:
     codes["city"] = codes["country"] * (card["city"] // card["country"]) + codes["city"] % (
         card["city"] // card["country"]
     )
-    item_price = np.round(rng.lognormal(0.5, 1.0, card["item"]), 2) * (rng.random(card["item"]) < 0.4)
+    item_price = np.round(rng.lognormal(0.5, 1.0, card["item"]), 2) * (
+        rng.random(card["item"]) < 0.4
+    )
     price = item_price[codes["item"]]
 
     logit = -0.3 + rng.normal(0, 0.3, card["user"])[codes["user"]]
     logit += rng.normal(0, 0.5, card["item"])[codes["item"]] - 0.3 * np.log1p(price)
     for (a, b), strength in SYNTHETIC_PLANTED.items():
-        table = rng.choice([-1.0, 1.0], size=(card[a], card[b]))
-        logit += strength * table[codes[a], codes[b]]
+        cells = rng.choice([-1.0, 1.0], size=(card[a], card[b]))
+        logit += strength * cells[codes[a], codes[b]]
     clicked = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(np.float32)
 
     names = {
@@ -143,7 +145,7 @@ def synthetic(task: Task = "ctr", rows: int = 60_000, seed: int = 0) -> Splits:
         columns[name] = np.asarray(labels)[c]
     columns["price"] = price
     spec = FeatureSpec(
-        tuple(FieldSpec(n) for n in card) + (FieldSpec("price", "numeric"),), label="label"
+        (*(FieldSpec(n) for n in card), FieldSpec("price", "numeric")), label="label"
     )
     table = Table(columns, _task_labels(clicked, task, binary=True))
     train, validation, test = _split(table, seed, (0.8, 0.1))
@@ -189,12 +191,17 @@ def frappe(task: Task, directory: Path, data_format: str = "csv", download: bool
         raise ValueError(f"frappe comes as csv or libfm, not {data_format!r}")
     for t in tables:  # libFM labels are ±1, the CSV's 1/0: bring both to the task's convention
         t.label = _task_labels((t.label > 0).astype(np.float32), task, binary=True)
-    return Splits("frappe", task, spec, *tables, (-1.0, 1.0), fingerprint_files(paths))
+    train, validation, test = tables
+    return Splits(
+        "frappe", task, spec, train, validation, test, (-1.0, 1.0), fingerprint_files(paths)
+    )
 
 
 # ----------------------------------------------------------------------------------- ml-100k
 
-ML100K_SOURCE = "https://files.pythonhosted.org/packages/py3/r/recbole/recbole-1.2.1-py3-none-any.whl"
+ML100K_SOURCE = (
+    "https://files.pythonhosted.org/packages/py3/r/recbole/recbole-1.2.1-py3-none-any.whl"
+)
 ML100K_FILES = {
     "ml-100k.inter": "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff",
     "ml-100k.user": "4f670007d9cfbeb9807e757209af1555b9bcc186bde25e767f67cb67c6dd5972",
@@ -223,7 +230,9 @@ def movielens_100k(task: Task, directory: Path, seed: int = 0, download: bool = 
         )
     )
     inter, users, items = (read(p) for p in paths)
-    users = users.append_column("zip_prefix", pc.utf8_slice_codeunits(pc.cast(users["zip_code"], pa.string()), 0, 3))
+    users = users.append_column(
+        "zip_prefix", pc.utf8_slice_codeunits(pc.cast(users["zip_code"], pa.string()), 0, 3)
+    )
     genre = pc.list_element(pc.split_pattern(pc.cast(items["class"], pa.string()), " "), 0)
     items = items.append_column("genre", genre)
     joined = inter.join(users, "user_id").join(items, "item_id")
@@ -233,7 +242,9 @@ def movielens_100k(task: Task, directory: Path, seed: int = 0, download: bool = 
     rating = table.label
     table.label = (rating >= 4).astype(np.float32) if task == "ctr" else rating
     train, validation, test = _split(table, seed, (0.8, 0.1))
-    return Splits("ml-100k", task, spec, train, validation, test, (1.0, 5.0), fingerprint_files(paths))
+    return Splits(
+        "ml-100k", task, spec, train, validation, test, (1.0, 5.0), fingerprint_files(paths)
+    )
 
 
 def _strip_types(table: pa.Table) -> pa.Table:

@@ -26,7 +26,9 @@ class WithLink(nn.Module):
         self.model, self.task = model, task
         self.low, self.high = label_range
 
-    def forward(self, feature_index: torch.Tensor, feature_value: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(
+        self, feature_index: torch.Tensor, feature_value: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
         out = self.model(feature_index, feature_value)
         score = torch.sigmoid(out.raw) if self.task == "ctr" else out.raw.clamp(self.low, self.high)
         return score, out.raw, out.attention, out.pair_contribution, out.linear_contribution
@@ -52,13 +54,18 @@ def export_onnx(model: AFM, task: str, label_range: tuple[float, float], path: P
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
 
 
-def global_attention(model: AFM, index: np.ndarray, value: np.ndarray, batch_size: int = 8192) -> np.ndarray:
+def global_attention(
+    model: AFM, index: np.ndarray, value: np.ndarray, batch_size: int = 8192
+) -> np.ndarray:
     """Mean attention per pair over the given rows (the validation split): (P,)."""
     model.eval()
     total = torch.zeros(len(model.pair_i))
     with torch.no_grad():
         for start in range(0, len(index), batch_size):
-            out = model(torch.from_numpy(index[start : start + batch_size]), torch.from_numpy(value[start : start + batch_size]))
+            out = model(
+                torch.from_numpy(index[start : start + batch_size]),
+                torch.from_numpy(value[start : start + batch_size]),
+            )
             total += out.attention.sum(0)
     return (total / max(len(index), 1)).numpy()
 
@@ -79,7 +86,11 @@ def publish_bundle(
     names = encoder.names
     rows, cols = model.pair_i.tolist(), model.pair_j.tolist()
     pairs = [[names[i], names[j]] for i, j in zip(rows, cols, strict=True)]
-    link = {"kind": "sigmoid"} if task == "ctr" else {"kind": "clip", "min": label_range[0], "max": label_range[1]}
+    link = (
+        {"kind": "sigmoid"}
+        if task == "ctr"
+        else {"kind": "clip", "min": label_range[0], "max": label_range[1]}
+    )
     manifest = {
         "task": task,
         "model": "afm" if model.config.attention else "fm",
@@ -93,14 +104,18 @@ def publish_bundle(
         "bias": float(model.bias.item()),
         "model_config": model.config.to_dict(),
         "global_attention": [
-            {"fields": pair, "mean_attention": float(a)} for pair, a in zip(pairs, mean_attention, strict=True)
+            {"fields": pair, "mean_attention": float(a)}
+            for pair, a in zip(pairs, mean_attention, strict=True)
         ],
         **extras,
     }
 
     def write(folder: Path) -> None:
         export_onnx(model, task, label_range, folder / bundle.GRAPH)
-        torch.save({"model_config": model.config.to_dict(), "state_dict": model.state_dict()}, folder / "checkpoint.pt")
+        torch.save(
+            {"model_config": model.config.to_dict(), "state_dict": model.state_dict()},
+            folder / "checkpoint.pt",
+        )
         if write_plots is not None:
             write_plots(folder)
 

@@ -6,7 +6,9 @@ import numpy as np
 from sklearn.metrics import log_loss, roc_auc_score
 
 
-def compute(task: str, label: np.ndarray, score: np.ndarray, label_range: tuple[float, float]) -> dict[str, float]:
+def compute(
+    task: str, label: np.ndarray, score: np.ndarray, label_range: tuple[float, float]
+) -> dict[str, float]:
     """ctr: AUC and log loss of probabilities; rating: RMSE and MAE of ratings clipped to the label
     range, as the paper clips before computing RMSE."""
     label = np.asarray(label, dtype=np.float64)
@@ -14,7 +16,9 @@ def compute(task: str, label: np.ndarray, score: np.ndarray, label_range: tuple[
     if task == "ctr":
         probability = np.clip(score, 1e-7, 1 - 1e-7)
         return {
-            "auc": float(roc_auc_score(label, probability)) if len(np.unique(label)) > 1 else float("nan"),
+            "auc": float(roc_auc_score(label, probability))
+            if len(np.unique(label)) > 1
+            else float("nan"),
             "logloss": float(log_loss(label, probability, labels=[0, 1])),
         }
     clipped = np.clip(score, *label_range)

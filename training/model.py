@@ -46,11 +46,14 @@ def field_pairs(num_fields: int) -> tuple[list[int], list[int]]:
 
 
 class AFM(nn.Module):
+    pair_i: torch.Tensor  # (P,) first field of each pair
+    pair_j: torch.Tensor  # (P,) second field
+    projection: torch.Tensor  # p: learnt for AFM, fixed ones for FM
+
     def __init__(self, config: AFMConfig) -> None:
         super().__init__()
         self.config = config
         rows, cols = field_pairs(config.num_fields)
-        num_pairs = len(rows)
         self.register_buffer("pair_i", torch.tensor(rows, dtype=torch.long), persistent=False)
         self.register_buffer("pair_j", torch.tensor(cols, dtype=torch.long), persistent=False)
 
@@ -71,23 +74,26 @@ class AFM(nn.Module):
     def forward(self, feature_index: torch.Tensor, feature_value: torch.Tensor) -> AFMOutput:
         x = feature_value.unsqueeze(-1)  # (B, F, 1)
         v = self.embedding(feature_index) * x  # (B, F, k)  v_i x_i
-        pairs = v[:, self.pair_i] * v[:, self.pair_j]  # (B, P, k)  (v_i ⊙ v_j) x_i x_j
+        linear_contribution = self.linear(feature_index).squeeze(-1) * feature_value  # (B, F)
 
         if self.config.attention:
+            pairs = v[:, self.pair_i] * v[:, self.pair_j]  # (B, P, k)  (v_i ⊙ v_j) x_i x_j
             hidden = F.relu(self.attention_w(pairs))  # (B, P, t)
-            logits = hidden @ self.attention_h  # (B, P)
-            attention = torch.softmax(logits, dim=1)  # over the pairs axis, not a size-1 one
-            weight = attention
+            attention = torch.softmax(hidden @ self.attention_h, dim=1)  # (B, P) over the pairs
+            pooled = torch.bmm(attention.unsqueeze(1), pairs).squeeze(1)  # (B, k)  sum a_ij (...)
+            pair_contribution = attention * (pairs @ self.projection)  # (B, P)
         else:
-            weight = torch.ones_like(pairs[..., 0])  # (B, P)  a_ij = 1
-            attention = weight / pairs.shape[1]  # reported as uniform shares
+            # FM: a_ij = 1. The pooled sum by Rendle's identity and the per-pair terms from the
+            # (F, F) inner products, so FM never builds the (B, P, k) pair tensor.
+            pooled = 0.5 * (v.sum(1).pow(2) - v.pow(2).sum(1))  # (B, k)
+            inner = (v * self.projection) @ v.transpose(1, 2)  # (B, F, F)  p^T (v_i ⊙ v_j)
+            pair_contribution = inner[:, self.pair_i, self.pair_j]  # (B, P)
+            attention = torch.full_like(pair_contribution, 1.0 / len(self.pair_i))  # uniform
 
-        # Dropout on the pair-interaction layer; p^T applied per pair so each pair's share of the
-        # score is an output (at eval dropout is the identity, so the shares add up exactly).
-        pair_score = self.dropout(pairs) @ self.projection  # (B, P)
-        pair_contribution = weight * pair_score  # (B, P)
-        linear_contribution = self.linear(feature_index).squeeze(-1) * feature_value  # (B, F)
-        raw = self.bias + linear_contribution.sum(1) + pair_contribution.sum(1)  # (B,)
+        # Dropout on the pair-interaction layer's pooled output, as the authors' code does; at
+        # eval it is the identity and raw equals bias + the linear and pair contributions.
+        pair_interaction = self.dropout(pooled) @ self.projection  # (B,)
+        raw = self.bias + linear_contribution.sum(1) + pair_interaction  # (B,)
         return AFMOutput(raw, attention, pair_contribution, linear_contribution)
 
     def attention_l2(self) -> torch.Tensor:
@@ -106,5 +112,9 @@ class AFM(nn.Module):
         with torch.no_grad():
             self.bias.copy_(fm.bias)
             self.linear.weight.copy_(fm.linear.weight)
-            scale = math.sqrt(len(self.pair_i)) if self.config.attention and not fm.config.attention else 1.0
+            scale = (
+                math.sqrt(len(self.pair_i))
+                if self.config.attention and not fm.config.attention
+                else 1.0
+            )
             self.embedding.weight.copy_(fm.embedding.weight * scale)

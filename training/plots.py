@@ -25,7 +25,9 @@ def learning_curve(epochs: list[dict[str, float]], metric: str, path: Path) -> N
     plt.close(fig)
 
 
-def attention_heatmap(fields: list[str], pairs: list[list[str]], mean_attention: np.ndarray, path: Path) -> None:
+def attention_heatmap(
+    fields: list[str], pairs: list[list[str]], mean_attention: np.ndarray, path: Path
+) -> None:
     position = {name: i for i, name in enumerate(fields)}
     grid = np.full((len(fields), len(fields)), np.nan)
     for (a, b), weight in zip(pairs, mean_attention, strict=True):

@@ -63,7 +63,7 @@ def from_arrow(arrow: pa.Table, spec: FeatureSpec) -> Table:
     label = pc.cast(arrow.column(spec.label), pa.float32()).to_numpy(zero_copy_only=False)
     if np.isnan(label).any():
         raise ValueError(f"label column {spec.label!r} has missing values")
-    return Table(columns, np.asarray(label, dtype=np.float32))
+    return Table(columns, np.array(label, dtype=np.float32))  # a writable copy for torch
 
 
 def read_libfm(path: Path, field_names: list[str]) -> Table:
@@ -72,7 +72,8 @@ def read_libfm(path: Path, field_names: list[str]) -> Table:
     The raw value of a field is its global libFM index (as text), so vocabularies fitted on these
     columns index the same rows exactly as vocabularies fitted on the named CSV export would.
     """
-    labels, columns = [], [[] for _ in field_names]
+    labels: list[float] = []
+    columns: list[list[str]] = [[] for _ in field_names]
     with open(path) as lines:
         for number, line in enumerate(lines, 1):
             label, *features = line.split()
@@ -88,6 +89,9 @@ def read_libfm(path: Path, field_names: list[str]) -> Table:
                     raise ValueError(f"{path}:{number}: only one-hot libFM rows are supported")
                 column.append(index)
     return Table(
-        {name: np.asarray(column, dtype=str) for name, column in zip(field_names, columns, strict=True)},
+        {
+            name: np.asarray(column, dtype=str)
+            for name, column in zip(field_names, columns, strict=True)
+        },
         np.asarray(labels, dtype=np.float32),
     )

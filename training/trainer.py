@@ -49,8 +49,12 @@ class Tensors:
     def from_numpy(cls, index: np.ndarray, value: np.ndarray, label: np.ndarray) -> Tensors:
         return cls(torch.from_numpy(index), torch.from_numpy(value), torch.from_numpy(label))
 
-    def batches(self, batch_size: int, shuffle: bool, generator: torch.Generator | None = None) -> Iterator[Tensors]:
-        order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
+    def batches(
+        self, batch_size: int, shuffle: bool, generator: torch.Generator | None = None
+    ) -> Iterator[Tensors]:
+        order = (
+            torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
+        )
         for start in range(0, len(self), batch_size):
             rows = order[start : start + batch_size]
             yield Tensors(self.index[rows], self.value[rows], self.label[rows])
@@ -68,7 +72,9 @@ def make_optimizer(model: AFM, config: TrainConfig) -> torch.optim.Optimizer:
     if config.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     if config.optimizer == "adagrad":
-        return torch.optim.Adagrad(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.Adagrad(
+            model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
     raise ValueError(f"unknown optimizer {config.optimizer!r}")
 
 
@@ -90,7 +96,9 @@ def train_one_epoch(
     model.train()
     total, rows, started = 0.0, 0, time.perf_counter()
     batches = data.batches(config.batch_size, shuffle=True, generator=generator)
-    progress = tqdm(batches, total=math.ceil(len(data) / config.batch_size), desc=description, leave=False)
+    progress = tqdm(
+        batches, total=math.ceil(len(data) / config.batch_size), desc=description, leave=False
+    )
     for batch in progress:
         index, value, label = (t.to(config.device) for t in (batch.index, batch.value, batch.label))
         out = model(index, value)
@@ -110,7 +118,10 @@ def train_one_epoch(
 def predict(model: AFM, data: Tensors, device: str, batch_size: int = 8192) -> np.ndarray:
     """Raw scores (before the link) for every row, in order."""
     model.eval()
-    raws = [model(b.index.to(device), b.value.to(device)).raw.cpu() for b in data.batches(batch_size, shuffle=False)]
+    raws = [
+        model(b.index.to(device), b.value.to(device)).raw.cpu()
+        for b in data.batches(batch_size, shuffle=False)
+    ]
     return torch.cat(raws).numpy()
 
 
@@ -126,7 +137,9 @@ def evaluate(model: AFM, data: Tensors, config: TrainConfig) -> dict[str, float]
     return metrics.compute(config.task, data.label.numpy(), score, config.label_range)
 
 
-def fit(model: AFM, train: Tensors, validation: Tensors, config: TrainConfig, name: str = "model") -> History:
+def fit(
+    model: AFM, train: Tensors, validation: Tensors, config: TrainConfig, name: str = "model"
+) -> History:
     """Train with early stopping on the validation metric; the best epoch's weights are restored."""
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
@@ -135,13 +148,24 @@ def fit(model: AFM, train: Tensors, validation: Tensors, config: TrainConfig, na
     metric, higher_is_better = metrics.main_metric(config.task)
     history, best_state, stale, speeds = History(), copy.deepcopy(model.state_dict()), 0, []
     for epoch in range(1, config.epochs + 1):
-        loss, speed = train_one_epoch(model, optimizer, train, config, generator, f"{name} {epoch}/{config.epochs}")
+        loss, speed = train_one_epoch(
+            model, optimizer, train, config, generator, f"{name} {epoch}/{config.epochs}"
+        )
         speeds.append(speed)
         scores = evaluate(model, validation, config)
-        history.epochs.append({"epoch": epoch, "train_loss": loss, **{f"valid_{k}": v for k, v in scores.items()}})
-        print(f"{name} epoch {epoch}: train loss {loss:.4f}  " + "  ".join(f"valid {k} {v:.4f}" for k, v in scores.items()) + f"  ({speed:,.0f} rows/s)", flush=True)
+        history.epochs.append(
+            {"epoch": epoch, "train_loss": loss, **{f"valid_{k}": v for k, v in scores.items()}}
+        )
+        print(
+            f"{name} epoch {epoch}: train loss {loss:.4f}  "
+            + "  ".join(f"valid {k} {v:.4f}" for k, v in scores.items())
+            + f"  ({speed:,.0f} rows/s)",
+            flush=True,
+        )
         improved = not history.best or (
-            scores[metric] > history.best[metric] if higher_is_better else scores[metric] < history.best[metric]
+            scores[metric] > history.best[metric]
+            if higher_is_better
+            else scores[metric] < history.best[metric]
         )
         if improved:
             history.best, history.best_epoch, stale = scores, epoch, 0

@@ -23,7 +23,7 @@ from training import bundle as bundles
 
 ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "test-key"
-CONTEXT = {
+CONTEXT: dict[str, str | float] = {
     "user": "0",
     "daytime": "morning",
     "weekday": "sunday",

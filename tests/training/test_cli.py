@@ -13,7 +13,13 @@ def test_quick_training_publishes_a_complete_bundle(tmp_path, capsys):
     path = train_tiny(tmp_path / "models", "--name", "quick-afm")
     assert path == tmp_path / "models" / "quick-afm" / "1"
     files = {p.name for p in path.iterdir()}
-    assert {"model.onnx", "bundle.json", "checkpoint.pt", "learning_curve.png", "attention.png"} <= files
+    assert {
+        "model.onnx",
+        "bundle.json",
+        "checkpoint.pt",
+        "learning_curve.png",
+        "attention.png",
+    } <= files
     manifest = bundle.read(path).manifest
     assert manifest["task"] == "ctr" and manifest["model"] == "afm"
     assert set(manifest["metrics"]) == {"validation", "test"}
@@ -39,7 +45,19 @@ def test_same_seed_gives_the_same_model(tmp_path):
 
 
 def test_rating_task_with_fm_pretraining_publishes_fm_then_afm(tmp_path):
-    main(["train", "--quick", "--task", "rating", "--pretrain-fm", "--name", "s-afm", "--out", str(tmp_path)])
+    main(
+        [
+            "train",
+            "--quick",
+            "--task",
+            "rating",
+            "--pretrain-fm",
+            "--name",
+            "s-afm",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     fm, afm = bundle.read(tmp_path / "s-fm" / "1"), bundle.read(tmp_path / "s-afm" / "1")
     assert fm.manifest["model"] == "fm" and afm.manifest["model"] == "afm"
     assert afm.manifest["link"] == {"kind": "clip", "min": -1.0, "max": 1.0}
@@ -61,12 +79,23 @@ def test_evaluate_scores_a_bundle_through_onnxruntime(tmp_path, capsys):
     capsys.readouterr()
     main(["evaluate", "--bundle", str(path), "--max-rows", "2000", "--split", "test"])
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert printed["auc"] == pytest.approx(bundle.read(path).manifest["metrics"]["test"]["auc"], abs=1e-4)
+    assert printed["auc"] == pytest.approx(
+        bundle.read(path).manifest["metrics"]["test"]["auc"], abs=1e-4
+    )
 
 
 def test_help_lists_every_option(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = capsys.readouterr().out
-    for option in ("--dataset", "--task", "--model", "--out", "--pretrain-fm", "--device", "--quick", "--seed"):
+    for option in (
+        "--dataset",
+        "--task",
+        "--model",
+        "--out",
+        "--pretrain-fm",
+        "--device",
+        "--quick",
+        "--seed",
+    ):
         assert option in text

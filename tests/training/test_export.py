@@ -21,14 +21,19 @@ def torch_outputs(model, index: np.ndarray, value: np.ndarray) -> dict[str, np.n
     model.eval()
     with torch.no_grad():
         out = model(torch.from_numpy(index), torch.from_numpy(value))
-    return {name: getattr(out, name).numpy() for name in ("raw", "attention", "pair_contribution", "linear_contribution")}
+    return {
+        name: getattr(out, name).numpy()
+        for name in ("raw", "attention", "pair_contribution", "linear_contribution")
+    }
 
 
 def random_rows(loaded: bundle.Bundle, batch: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     fields = loaded.encoder.fields
     index = np.stack([rng.integers(f.offset, f.offset + f.size, batch) for f in fields], axis=1)
-    value = np.where([f.kind == "numeric" for f in fields], rng.normal(0, 2, (batch, len(fields))), 1.0)
+    value = np.where(
+        [f.kind == "numeric" for f in fields], rng.normal(0, 2, (batch, len(fields))), 1.0
+    )
     return index.astype(np.int64), value.astype(np.float32)
 
 
@@ -45,9 +50,17 @@ def real_rows(loaded: bundle.Bundle, batch: int) -> tuple[np.ndarray, np.ndarray
 def test_onnxruntime_and_pytorch_agree_on_every_output(tiny_bundle, batch, rows):
     loaded = bundle.read(tiny_bundle)
     model = load_checkpoint(tiny_bundle)
-    index, value = random_rows(loaded, batch, seed=batch) if rows == "random" else real_rows(loaded, batch)
+    index, value = (
+        random_rows(loaded, batch, seed=batch) if rows == "random" else real_rows(loaded, batch)
+    )
     names = list(bundle.OUTPUTS)
-    ort_out = dict(zip(names, loaded.session().run(names, {"feature_index": index, "feature_value": value}), strict=True))
+    ort_out = dict(
+        zip(
+            names,
+            loaded.session().run(names, {"feature_index": index, "feature_value": value}),
+            strict=True,
+        )
+    )
     expected = torch_outputs(model, index, value)
     expected["score"] = 1 / (1 + np.exp(-expected["raw"].astype(np.float64)))
     for name in names:
@@ -59,7 +72,8 @@ def test_raw_is_bias_plus_contributions_and_attention_rows_sum_to_one(tiny_bundl
     loaded = bundle.read(tiny_bundle)
     index, value = random_rows(loaded, 512, seed=0)
     raw, attention, pairs, linear = loaded.session().run(
-        ["raw", "attention", "pair_contribution", "linear_contribution"], {"feature_index": index, "feature_value": value}
+        ["raw", "attention", "pair_contribution", "linear_contribution"],
+        {"feature_index": index, "feature_value": value},
     )
     np.testing.assert_allclose(loaded.bias + linear.sum(1) + pairs.sum(1), raw, atol=1e-5)
     np.testing.assert_allclose(attention.sum(1), 1.0, atol=1e-5)
@@ -72,7 +86,9 @@ def test_bundle_declares_what_the_service_needs(tiny_bundle):
         assert key in manifest, key
     assert len(manifest["pairs"]) == len(manifest["fields"]) * (len(manifest["fields"]) - 1) // 2
     assert manifest["pairs"][0] == [manifest["fields"][0]["name"], manifest["fields"][1]["name"]]
-    assert sum(a["mean_attention"] for a in manifest["global_attention"]) == pytest.approx(1.0, abs=1e-4)
+    assert sum(a["mean_attention"] for a in manifest["global_attention"]) == pytest.approx(
+        1.0, abs=1e-4
+    )
     import onnx
 
     onnx.checker.check_model(onnx.load(str(tiny_bundle / "model.onnx")), full_check=True)
@@ -105,19 +121,19 @@ def test_refuses_a_truncated_graph_even_with_a_matching_checksum(broken):
     graph = broken / "model.onnx"
     graph.write_bytes(graph.read_bytes()[:500])
     rewrite_manifest(broken, lambda m: m.update(sha256=bundle.sha256_file(graph)))
-    with pytest.raises(BundleError, match="model.onnx does not load"):
+    with pytest.raises(BundleError, match=r"model\.onnx does not load"):
         bundle.read(broken).session()
 
 
 def test_refuses_a_missing_graph(broken):
     (broken / "model.onnx").unlink()
-    with pytest.raises(BundleError, match="model.onnx is missing"):
+    with pytest.raises(BundleError, match=r"model\.onnx is missing"):
         bundle.read(broken)
 
 
 def test_refuses_a_half_written_bundle(broken):
     (broken / "bundle.json").unlink()
-    with pytest.raises(BundleError, match="bundle.json is missing"):
+    with pytest.raises(BundleError, match=r"bundle\.json is missing"):
         bundle.read(broken)
 
 
@@ -137,6 +153,7 @@ def test_refuses_io_names_that_disagree_with_the_graph(broken):
     def rename(m):
         outputs = m["io"]["outputs"]
         outputs["explanation"] = outputs.pop("attention")
+
     rewrite_manifest(broken, rename)
     with pytest.raises(BundleError, match="declared I/O"):
         bundle.read(broken)
@@ -150,7 +167,7 @@ def test_refuses_a_graph_whose_shapes_disagree_with_bundle_json(broken):
 
     rewrite_manifest(broken, drop_last_field)
     loaded = bundle.read(broken)  # self-consistent manifest...
-    with pytest.raises(BundleError, match="feature_index.*bundle.json says"):
+    with pytest.raises(BundleError, match=r"feature_index.*bundle\.json says"):
         loaded.session()  # ...that the graph contradicts
 
 
@@ -189,6 +206,8 @@ assert 0 < score[0] < 1
 assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules if sys.modules[m] is not None)
 print("scored without torch", float(score[0]))
 """
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert "scored without torch" in result.stdout

@@ -35,7 +35,9 @@ def test_rare_values_fall_below_min_count_into_oov():
 
 def test_unseen_values_map_to_oov_and_are_counted_missing_ones_are_not():
     encoder = FeatureEncoder.fit(SPEC, TRAIN)
-    encoded = encoder.encode({"user": ["zz", MISSING, "a"], "city": ["x", "x", "q"], "age": [1.0, 2.0, 3.0]})
+    encoded = encoder.encode(
+        {"user": ["zz", MISSING, "a"], "city": ["x", "x", "q"], "age": [1.0, 2.0, 3.0]}
+    )
     assert encoded.index[:, 0].tolist() == [0, 0, 2]
     assert encoded.index[2, 1] == encoder.field("city").oov_index
     assert encoded.unseen == {"user": 1, "city": 1}
@@ -64,7 +66,11 @@ def test_encoder_round_trips_through_json_dict():
 
 def test_feature_spec_parses_kinds_and_min_counts():
     spec = FeatureSpec.parse("user, item:categorical:5, age:numeric", label="clicked")
-    assert spec.fields == (FieldSpec("user"), FieldSpec("item", "categorical", 5), FieldSpec("age", "numeric"))
+    assert spec.fields == (
+        FieldSpec("user"),
+        FieldSpec("item", "categorical", 5),
+        FieldSpec("age", "numeric"),
+    )
     assert spec.label == "clicked"
     with pytest.raises(ValueError, match="unknown kind"):
         FeatureSpec.parse("user:text")

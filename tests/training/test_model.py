@@ -6,7 +6,9 @@ from training.model import AFM, AFMConfig, field_pairs
 F, K = 5, 6
 
 
-def random_rows(batch: int = 16, num_features: int = 40, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def random_rows(
+    batch: int = 16, num_features: int = 40, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     index = torch.randint(0, num_features, (batch, F), generator=generator)
     value = torch.rand(batch, F, generator=generator) + 0.5
@@ -93,5 +95,7 @@ def test_dropout_acts_in_training_only():
 
 def test_attention_l2_is_the_squared_norm_of_w():
     model = trained_like()
-    assert model.attention_l2().item() == pytest.approx(model.attention_w.weight.pow(2).sum().item())
+    assert model.attention_l2().item() == pytest.approx(
+        model.attention_w.weight.pow(2).sum().item()
+    )
     assert trained_like(attention=False).attention_l2().item() == 0.0

@@ -38,7 +38,9 @@ def write_same_rows(folder: Path, rows: int = 500, seed: int = 0) -> tuple[Path,
         offsets[n] = len(offsets)
     with open(libfm, "w") as f:
         for i in range(rows):
-            f.write(f"{2 * label[i] - 1} " + " ".join(f"{index[n][raw[n][i]]}:1" for n in FIELDS) + "\n")
+            f.write(
+                f"{2 * label[i] - 1} " + " ".join(f"{index[n][raw[n][i]]}:1" for n in FIELDS) + "\n"
+            )
     return csv, parquet, libfm
 
 
@@ -50,7 +52,11 @@ def encoded(table):
 
 def test_csv_parquet_and_libfm_give_identical_model_inputs(tmp_path):
     csv, parquet, libfm = write_same_rows(tmp_path)
-    from_csv, from_parquet, from_libfm = read_table(csv, SPEC), read_table(parquet, SPEC), read_libfm(libfm, FIELDS)
+    from_csv, from_parquet, from_libfm = (
+        read_table(csv, SPEC),
+        read_table(parquet, SPEC),
+        read_libfm(libfm, FIELDS),
+    )
     for other in (from_parquet, from_libfm):
         index, value = encoded(other)
         assert np.array_equal(index, encoded(from_csv)[0])
