@@ -22,7 +22,7 @@ $(BIN)/.installed-train: pyproject.toml
 	touch $@
 
 run: $(BIN)/.installed-train
-	$(BIN)/python -m training train --dataset synthetic --task ctr --model afm --name demo-afm --out models --epochs 8
+	$(BIN)/python -m training train --dataset synthetic --task ctr --model afm --name demo-afm --out models --epochs 10 --lr 0.005 --embedding-dim 32 --attention-dim 32
 	$(BIN)/python -m service --models-dir models --model-name demo-afm --host $(HOST) --port $(PORT)
 
 test: $(BIN)/.installed-train

@@ -22,6 +22,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from email.message import Message
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -38,15 +39,15 @@ class Result:
     error: str = ""
 
 
-def fetch(url: str, body: bytes | None, timeout: float) -> tuple[int, dict[str, str], bytes]:
+def fetch(url: str, body: bytes | None, timeout: float) -> tuple[int, Message, bytes]:
     request = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET")
     if body is not None:
         request.add_header("Content-Type", "application/json")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, dict(response.headers), response.read()
+            return response.status, response.headers, response.read()
     except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), error.read()
+        return error.code, error.headers, error.read()
 
 
 def main() -> int:
@@ -78,7 +79,6 @@ def main() -> int:
     begin = time.perf_counter()
     interval = 1.0 / args.rate if args.rate > 0 else 0.0
     kill_at = max(1, int(args.requests * args.kill_after))
-    kill_done = threading.Event()
     kill_time: list[float] = []
 
     def worker() -> None:
@@ -114,7 +114,6 @@ def main() -> int:
     kill_started = time.perf_counter() - begin
     completed = subprocess.run(shlex.split(args.kill), capture_output=True, text=True, timeout=60)
     kill_time.append(time.perf_counter() - begin)
-    kill_done.set()
     print(f"kill at {kill_started:.2f}s after {len(results)} requests: {args.kill} -> rc {completed.returncode} "
           f"{completed.stdout.strip()[:40]} {completed.stderr.strip()[:200]}", flush=True)  # fmt: skip
     for thread in threads:

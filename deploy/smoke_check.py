@@ -16,20 +16,21 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from email.message import Message
 from collections import Counter
 from typing import Any
 
 
-def call(url: str, body: Any = None, timeout: float = 30.0) -> tuple[int, dict[str, str], Any]:
+def call(url: str, body: Any = None, timeout: float = 30.0) -> tuple[int, Message, Any]:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
     if data is not None:
         request.add_header("Content-Type", "application/json")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            status, headers, raw = response.status, dict(response.headers), response.read()
+            status, headers, raw = response.status, response.headers, response.read()
     except urllib.error.HTTPError as error:
-        status, headers, raw = error.code, dict(error.headers), error.read()
+        status, headers, raw = error.code, error.headers, error.read()
     try:
         payload = json.loads(raw) if raw else None
     except ValueError:
@@ -64,7 +65,7 @@ def main() -> int:
         if not ok:
             failures.append(name)
 
-    def note(headers: dict[str, str]) -> None:
+    def note(headers: Message) -> None:
         served[headers.get("X-Served-By", "<none>")] += 1
 
     status, headers, model = call(f"{base}/model")

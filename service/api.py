@@ -82,22 +82,26 @@ class OrjsonResponse(JSONResponse):
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def get_settings(request: Request) -> Settings:
+# Dependencies are `async def` on purpose: FastAPI runs a plain `def` dependency in the thread
+# pool, which costs a thread hop per dependency per request (three on /predict).
+
+
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_runtime(request: Request) -> ModelRuntime:
+async def get_runtime(request: Request) -> ModelRuntime:
     runtime: ModelRuntime = request.app.state.runtime
     return runtime
 
 
-def get_metrics(request: Request) -> ServiceMetrics:
+async def get_metrics(request: Request) -> ServiceMetrics:
     metrics: ServiceMetrics = request.app.state.metrics
     return metrics
 
 
-def get_model(runtime: Annotated[ModelRuntime, Depends(get_runtime)]) -> ServedModel:
+async def get_model(runtime: Annotated[ModelRuntime, Depends(get_runtime)]) -> ServedModel:
     return runtime.model
 
 

@@ -65,8 +65,11 @@ class AFM(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         if config.attention:
             self.attention_w = nn.Linear(config.embedding_dim, config.attention_dim)  # W, b
-            # h = 0 makes the first softmax uniform, so AFM starts as an FM (see load_fm_embeddings)
-            self.attention_h = nn.Parameter(torch.zeros(config.attention_dim))  # h
+            # Small embeddings make every pair look alike, so the first softmax is near uniform
+            # whatever h is; a random h lets W learn from the first step (h = 0 would stall it).
+            self.attention_h = nn.Parameter(
+                torch.randn(config.attention_dim) / config.attention_dim**0.5
+            )
             self.projection = nn.Parameter(torch.ones(config.embedding_dim))  # p
         else:
             self.register_buffer("projection", torch.ones(config.embedding_dim), persistent=False)
@@ -110,6 +113,8 @@ class AFM(nn.Module):
         the FM predicts. The larger v also gives the attention network inputs it can tell apart.
         """
         with torch.no_grad():
+            if self.config.attention:
+                self.attention_h.zero_()  # a uniform first softmax: AFM starts as the FM
             self.bias.copy_(fm.bias)
             self.linear.weight.copy_(fm.linear.weight)
             scale = (

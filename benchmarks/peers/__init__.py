@@ -1,0 +1,1 @@
+"""Peers the serving benchmark compares the service with."""
