@@ -283,16 +283,17 @@ def train(args: argparse.Namespace) -> Path:
         return path
 
     def new_model(attention: bool, dropout: float) -> AFM:
-        return AFM(
-            AFMConfig(
-                encoder.num_features,
-                len(encoder.fields),
-                args.embedding_dim,
-                args.attention_dim,
-                attention,
-                dropout,
-            )
+        config = AFMConfig(
+            encoder.num_features,
+            len(encoder.fields),
+            args.embedding_dim,
+            args.attention_dim,
+            attention,
+            dropout,
         )
+        model = AFM(config)
+        model.init_bias(float(splits.train.label.mean()), args.task)
+        return model
 
     if args.pretrain_fm and args.model == "afm":
         fm = new_model(False, args.fm_dropout)

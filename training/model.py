@@ -99,6 +99,14 @@ class AFM(nn.Module):
         raw = self.bias + linear_contribution.sum(1) + pair_interaction  # (B,)
         return AFMOutput(raw, attention, pair_contribution, linear_contribution)
 
+    def init_bias(self, label_mean: float, task: str) -> None:
+        """w0 at the training labels' mean (as a logit for ctr): ratings around 3.5 otherwise
+        cost the first epochs just learning the offset."""
+        if task == "ctr":
+            label_mean = math.log(label_mean / (1 - label_mean)) if 0 < label_mean < 1 else 0.0
+        with torch.no_grad():
+            self.bias.fill_(label_mean)
+
     def attention_l2(self) -> torch.Tensor:
         """||W||^2, the paper's L2 regulariser on the attention network."""
         if not self.config.attention:

@@ -99,3 +99,11 @@ def test_attention_l2_is_the_squared_norm_of_w():
         model.attention_w.weight.pow(2).sum().item()
     )
     assert trained_like(attention=False).attention_l2().item() == 0.0
+
+
+def test_bias_starts_at_the_label_mean_as_a_logit_for_ctr():
+    model = AFM(AFMConfig(40, F, K, 4))
+    model.init_bias(3.5, "rating")
+    assert model.bias.item() == pytest.approx(3.5)
+    model.init_bias(0.25, "ctr")
+    assert torch.sigmoid(model.bias).item() == pytest.approx(0.25)
