@@ -27,7 +27,12 @@ measured saturation request rate and timing each request from its scheduled send
 stalled server is charged for the requests it delays (as wrk2 would; wrk2 is not packaged).
 
 Scored rows/s = requests/s x candidates. Ratios within one run are the point; absolute numbers on
-a shared two-core machine are noise (the load average is printed with each result).
+a shared two-core machine are noise (the load average is printed with each result). Because other
+jobs take CPU time from the pinned server and the in-process limit unevenly, the table also gives
+scored rows per CPU-second: the server's own CPU time (/proc/PID/stat, all its threads) during the
+saturation run, and the thread CPU time of the in-process loops; shares computed on those are the
+steadier ones on a busy machine. The limit is measured before and after the servers and the better
+of the two is used.
 
     .venv/bin/python -m benchmarks.serving [--bundle DIR] [--duration 5] [--no-tutorial]
 """
@@ -546,6 +551,17 @@ def markdown(
     return "\n".join(lines) + "\n"
 
 
+def best(a: Rate, b: Rate) -> Rate:
+    """The better of two measurements of the limit: other jobs only ever slow it down."""
+    faster = a if a.wall >= b.wall else b
+    return Rate(max(a.wall, b.wall), max(a.cpu, b.cpu), faster.p50_ms, faster.p99_ms)
+
+
+def report(name: str, rates: dict[int, Rate]) -> None:
+    each = ", ".join(f"{n}: {r.wall:,.0f} rows/s, {r.cpu:,.0f} per CPU-s" for n, r in rates.items())
+    print(f"  {name}: {each}; load {load_average()}", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.serving",
@@ -614,18 +630,28 @@ def main(argv: Sequence[str] | None = None) -> str:
     print(f"serving benchmark on {bundle_dir}, load {load_before}", file=sys.stderr)
     seconds = min(args.duration, 3.0)
     with pinned(SERVER_CPU, pin):
-        limit = limit_rows_per_second(bundle_dir, requests, seconds)
-        limit_load = load_average()
+        limit_before = limit_rows_per_second(bundle_dir, requests, seconds)
         path = request_path_rows_per_second(bundle_dir, bodies, seconds)
         path_load = load_average()
-    for name, rates in (("limit", limit), ("request path, no HTTP", path)):
-        print(
-            f"  {name}: "
-            + ", ".join(
-                f"{n}: {r.wall:,.0f} rows/s, {r.cpu:,.0f} per CPU-s" for n, r in rates.items()
-            ),
-            file=sys.stderr,
-        )
+    report("limit, before the servers", limit_before)
+    report("request path, no HTTP", path)
+    servers = [service_server(bundle_dir, pin, work / "service.log")]
+    if not args.no_tutorial:
+        servers.append(tutorial_server(bundle_dir, pin, work / "tutorial.log"))
+    labels = {
+        "service": "this service: FastAPI + onnxruntime (`python -m service`)",
+        "tutorial": "tutorial: FastAPI + pydantic per candidate + PyTorch eager",
+    }
+    served = []
+    for server in servers:
+        row = measure_server(server, bodies, body_files, args, use_wrk, pin, work)
+        row.way = labels[server.name]
+        served.append(row)
+    with pinned(SERVER_CPU, pin):
+        limit_after = limit_rows_per_second(bundle_dir, requests, seconds)
+        limit_load = load_average()
+    report("limit, after the servers", limit_after)
+    limit = {n: best(limit_before[n], limit_after[n]) for n in args.sizes}
     rows = [
         Row(
             "onnxruntime in-process, 1 thread, pre-encoded batches (the limit)",
@@ -636,18 +662,8 @@ def main(argv: Sequence[str] | None = None) -> str:
             "(parse + validate + encode + score + orjson)",
             path, path_load, latency_kind="call",
         ),
+        *served,
     ]  # fmt: skip
-    servers = [service_server(bundle_dir, pin, work / "service.log")]
-    if not args.no_tutorial:
-        servers.append(tutorial_server(bundle_dir, pin, work / "tutorial.log"))
-    labels = {
-        "service": "this service: FastAPI + onnxruntime (`python -m service`)",
-        "tutorial": "tutorial: FastAPI + pydantic per candidate + PyTorch eager",
-    }
-    for server in servers:
-        row = measure_server(server, bodies, body_files, args, use_wrk, pin, work)
-        row.way = labels[server.name]
-        rows.append(row)
 
     relative = bundle_dir.relative_to(ROOT) if bundle_dir.is_relative_to(ROOT) else bundle_dir
     saturation = (
@@ -679,6 +695,14 @@ def main(argv: Sequence[str] | None = None) -> str:
             "scored rows per second of the server process's CPU time (/proc) at saturation, "
             "against rows per CPU-second of the in-process limit: steadier than wall-clock "
             "rates when other jobs share the CPU"
+        ),
+        "limit": (
+            "the better of two measurements, before and after the servers (rows/s "
+            + "; ".join(
+                f"{n}: {limit_before[n].wall:,.0f} then {limit_after[n].wall:,.0f}"
+                for n in args.sizes
+            )
+            + ")"
         ),
         "load average": f"{load_before} before, {load_average()} after (1, 5, 15 min)",
     }

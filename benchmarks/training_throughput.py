@@ -46,7 +46,7 @@ def rows_per_second(model: AFM, batch_size: int, steps: int, seed: int = 0) -> f
 def run(
     threads: list[int], dims: list[int], batch_size: int, steps: int
 ) -> list[dict[str, object]]:
-    results = []
+    results: list[dict[str, object]] = []
     for n in threads:
         torch.set_num_threads(n)
         for k in dims:

@@ -235,7 +235,11 @@ def movielens_100k(task: Task, directory: Path, seed: int = 0, download: bool = 
     )
     genre = pc.list_element(pc.split_pattern(pc.cast(items["class"], pa.string()), " "), 0)
     items = items.append_column("genre", genre)
-    joined = inter.join(users, "user_id").join(items, "item_id")
+    # Arrow's hash join returns rows in no fixed order: keep the ratings' own order, or the
+    # seeded split would differ between runs (and a model started from another's weights would
+    # be tested on rows it trained on).
+    inter = inter.append_column("row", pa.array(np.arange(inter.num_rows)))
+    joined = inter.join(users, "user_id").join(items, "item_id").sort_by("row")
     joined = joined.append_column("label", pc.cast(joined["rating"], pa.float32()))
     spec = FeatureSpec(ML100K_FIELDS, label="label")
     table = from_arrow(joined, spec)

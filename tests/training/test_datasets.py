@@ -107,5 +107,9 @@ def test_movielens_joins_side_features_and_splits_by_seed():
     assert set(columns["gender"]) == {"M", "F"}
     assert all(len(z) <= 3 for z in columns["zip_prefix"][:100])
     assert "Drama" in set(columns["genre"])
+    again = datasets.load("ml-100k", "rating")  # the same split on every load
+    for name in columns:
+        assert np.array_equal(again.test.columns[name], splits.test.columns[name]), name
+    assert np.array_equal(again.test.label, splits.test.label)
     ctr = datasets.load("ml-100k", "ctr")
     assert set(np.unique(ctr.test.label)) == {0.0, 1.0}
