@@ -674,9 +674,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     header = {
         "date": started.strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{cpu_model()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
-        "command": f"`.venv/bin/python -m benchmarks.serving {shlex.join(given)}`".replace(
-            " `", "`"
-        ),
+        "command": "`" + shlex.join([".venv/bin/python", "-m", "benchmarks.serving", *given]) + "`",
         "bundle": (
             f"{relative}: AFM k=64, t=64, {len(manifest['fields'])} fields (the synthetic data "
             "set: frappe's 10 plus a numeric price), 1 epoch on 20,000 rows"

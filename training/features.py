@@ -18,6 +18,7 @@ from typing import Any, Literal
 import numpy as np
 
 FieldKind = Literal["categorical", "numeric"]
+SMALL_COLUMN = 4096  # up to this many rows, look values up one by one
 MISSING = ""  # readers map nulls of categorical columns to this; it is never a vocabulary entry
 
 
@@ -182,12 +183,17 @@ def _fit_vocabulary(values: np.ndarray, min_count: int) -> list[str]:
 
 
 def _lookup(f: FittedField, column: Sequence[Any] | np.ndarray) -> tuple[np.ndarray, int]:
-    # Map each distinct value once: a column of N rows holds far fewer distinct values.
-    uniques, inverse = np.unique(np.asarray(column, dtype=str), return_inverse=True)
+    values = np.asarray(column, dtype=str)
+    if len(values) > SMALL_COLUMN:
+        # Map each distinct value once: a long column holds far fewer distinct values than rows.
+        uniques, inverse = np.unique(values, return_inverse=True)
+        values, expand = uniques, inverse.reshape(-1)
+    else:
+        expand = None  # a request's few values: direct lookups beat sorting strings
     mapped = np.fromiter(
-        (f.vocabulary.get(u, f.oov_index) for u in uniques.tolist()), np.int64, len(uniques)
+        (f.vocabulary.get(v, f.oov_index) for v in values.tolist()), np.int64, len(values)
     )
-    index = mapped[inverse.reshape(-1)]
-    missing = uniques == MISSING
-    unseen = int(np.count_nonzero((mapped == f.oov_index)[inverse.reshape(-1)] & ~missing[inverse]))
-    return index, unseen
+    unseen_values = (mapped == f.oov_index) & (values != MISSING)
+    if expand is None:
+        return mapped, int(np.count_nonzero(unseen_values))
+    return mapped[expand], int(np.count_nonzero(unseen_values[expand]))

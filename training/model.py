@@ -82,9 +82,11 @@ class AFM(nn.Module):
         if self.config.attention:
             pairs = v[:, self.pair_i] * v[:, self.pair_j]  # (B, P, k)  (v_i ⊙ v_j) x_i x_j
             hidden = F.relu(self.attention_w(pairs))  # (B, P, t)
-            attention = torch.softmax(hidden @ self.attention_h, dim=1)  # (B, P) over the pairs
+            # (t, 1) and (k, 1) columns, not vectors: onnxruntime runs 3-D @ 1-D MatMuls slowly
+            logits = (hidden @ self.attention_h.unsqueeze(-1)).squeeze(-1)  # (B, P)
+            attention = torch.softmax(logits, dim=1)  # over the pairs axis, not a size-1 one
             pooled = torch.bmm(attention.unsqueeze(1), pairs).squeeze(1)  # (B, k)  sum a_ij (...)
-            pair_contribution = attention * (pairs @ self.projection)  # (B, P)
+            pair_contribution = attention * (pairs @ self.projection.unsqueeze(-1)).squeeze(-1)
         else:
             # FM: a_ij = 1. The pooled sum by Rendle's identity and the per-pair terms from the
             # (F, F) inner products, so FM never builds the (B, P, k) pair tensor.

@@ -74,3 +74,22 @@ def test_feature_spec_parses_kinds_and_min_counts():
     assert spec.label == "clicked"
     with pytest.raises(ValueError, match="unknown kind"):
         FeatureSpec.parse("user:text")
+
+
+def test_long_and_short_columns_encode_alike():
+    encoder = FeatureEncoder.fit(SPEC, TRAIN)
+    rng = np.random.default_rng(0)
+    columns = {
+        "user": rng.choice(["a", "b", "c", "new", MISSING], 10_000),
+        "city": rng.choice(["x", "y", "z", "w"], 10_000),
+        "age": rng.normal(30, 5, 10_000),
+    }
+    whole = encoder.encode(columns)  # one long column: distinct values mapped once
+    parts = [
+        encoder.encode({k: v[i : i + 100] for k, v in columns.items()})
+        for i in range(0, 10_000, 100)
+    ]
+    assert np.array_equal(whole.index, np.concatenate([p.index for p in parts]))
+    for name in ("user", "city"):
+        assert whole.unseen[name] == sum(p.unseen[name] for p in parts)
+    assert whole.unseen["user"] == np.count_nonzero(columns["user"] == "new")
