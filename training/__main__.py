@@ -80,6 +80,11 @@ def build_parser(quick: bool = False) -> argparse.ArgumentParser:
         help="a published FM (or AFM) bundle whose embeddings and vocabularies start this model (the paper's FM pre-training)",
     )
     train.add_argument(
+        "--freeze-embeddings",
+        action="store_true",
+        help="with --init-from or --pretrain-fm: keep FM's w0, w and v fixed and learn only the attention network and p (the authors' freeze_fm)",
+    )
+    train.add_argument(
         "--pretrain-fm",
         action="store_true",
         help="train and publish an FM first, then start AFM from its embeddings",
@@ -322,6 +327,8 @@ def train(args: argparse.Namespace) -> Path:
                 "--init-from: that bundle's vocabularies or embedding size differ from this model's"
             )
         model.load_fm_embeddings(init)
+        if args.freeze_embeddings:
+            model.freeze_fm_parameters()
     path = run(model, config(args.lr, args.epochs, args.optimizer, args.batch_size), name)
     print(f"done in {time.perf_counter() - started:.0f}s", flush=True)
     return path

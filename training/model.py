@@ -101,6 +101,11 @@ class AFM(nn.Module):
         raw = self.bias + linear_contribution.sum(1) + pair_interaction  # (B,)
         return AFMOutput(raw, attention, pair_contribution, linear_contribution)
 
+    def freeze_fm_parameters(self) -> None:
+        """Keep w0, w and v as loaded: only the attention network and p learn."""
+        for parameter in (self.bias, self.linear.weight, self.embedding.weight):
+            parameter.requires_grad_(False)
+
     def init_bias(self, label_mean: float, task: str) -> None:
         """w0 at the training labels' mean (as a logit for ctr): ratings around 3.5 otherwise
         cost the first epochs just learning the offset."""
