@@ -67,19 +67,6 @@ WORKDIR /app
 USER afm
 COPY --from=serve-build /opt/venv /opt/venv
 
-# -------------------------------------------------------------------------------- train: build
-FROM base AS train-build
-# deploy/wheels/ holds local wheels (torch CPU) when the build script put them there; pip takes
-# them before the index. They stay in this stage: the train image gets the venv alone.
-COPY deploy/wheels/ /wheels/
-COPY pyproject.toml deploy/pyproject_deps.py /tmp/build/
-# Seen by pip as an environment variable during the install only.
-ARG PIP_EXTRA_INDEX_URL=
-RUN python -m venv /opt/venv \
- && /opt/venv/bin/python /tmp/build/pyproject_deps.py /tmp/build/pyproject.toml train >/tmp/build/requirements.txt \
- && /opt/venv/bin/pip install --find-links /wheels -r /tmp/build/requirements.txt \
- && /opt/venv/bin/python -c "import torch, onnx, onnxruntime, pyarrow, sklearn, matplotlib"
-
 # ------------------------------------------------------------------------------------- train
 FROM base AS train
 ENV AFM_MODELS_DIR=/models \
@@ -88,7 +75,18 @@ ENV AFM_MODELS_DIR=/models \
     PYTHONPATH=/app
 ENTRYPOINT ["python", "-m", "training"]
 CMD ["train", "--dataset", "synthetic", "--task", "ctr", "--model", "afm", "--name", "demo-afm", "--out", "/models", "--epochs", "8"]
+# deploy/wheels/ holds local wheels (torch CPU) when the build script put them there; pip takes
+# them before the index. (A separate build stage would keep their layer out of this image, but the
+# classic builder then hashes the whole venv on every build: a minute here, on each CI run.)
+COPY deploy/wheels/ /wheels/
+COPY pyproject.toml deploy/pyproject_deps.py /tmp/build/
+# Seen by pip as an environment variable during the install only.
+ARG PIP_EXTRA_INDEX_URL=
+RUN python -m venv /opt/venv \
+ && /opt/venv/bin/python /tmp/build/pyproject_deps.py /tmp/build/pyproject.toml train >/tmp/build/requirements.txt \
+ && /opt/venv/bin/pip install --find-links /wheels -r /tmp/build/requirements.txt \
+ && /opt/venv/bin/python -c "import torch, onnx, onnxruntime, pyarrow, sklearn, matplotlib" \
+ && rm -rf /tmp/build /wheels/*.whl
 WORKDIR /app
 USER afm
-COPY --from=train-build /opt/venv /opt/venv
 COPY training /app/training

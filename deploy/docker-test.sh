@@ -10,9 +10,10 @@
 #   7. always tears the stack down (docker-compose down -v), also on failure or Ctrl-C.
 #
 # Settings (environment): AFM_HTTP_PORT (8080), COMPOSE_PROJECT_NAME (afmtest), AFM_API_REPLICAS (2),
-# AFM_TRAIN_ARGS (the synthetic demo, 2 epochs), HEALTH_TIMEOUT (300 s), BUILD_TIMEOUT (1800 s),
-# DOCKER_UP (path of docker-up.sh), WHEELS_DIR (/opt/wheels), COMPOSE (docker-compose, else
-# "docker compose"), KEEP_STACK=1 to leave the stack running for a look (then: down -v yourself).
+# AFM_TRAIN_ARGS (the synthetic demo, 2 epochs), AFM_DATA_DIR (an empty temporary folder),
+# HEALTH_TIMEOUT (300 s, compose up to healthy), BUILD_TIMEOUT (1800 s per image), DOCKER_UP (path
+# of docker-up.sh), WHEELS_DIR (/opt/wheels), COMPOSE (docker-compose, else "docker compose"),
+# KILL_REQUESTS (400), KILL_RATE (40/s), KEEP_STACK=1 to leave the stack up (then: down -v yourself).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -77,7 +78,7 @@ build() {  # build <target> <tag>
     tail -n 40 "$logfile"
     die "docker build --target $1 failed (full log: $logfile)"
   fi
-  log "built $2 (target $1) in $(($(date +%s) - started))s"
+  log "built $2 (target $1) in $(($(date +%s) - started))s ($(grep -c 'Using cache' "$logfile" || true) steps from the cache)"
   rm -f "$logfile"
 }
 build serve "$AFM_SERVE_IMAGE"
@@ -101,11 +102,19 @@ teardown() {
     log "tearing down"
     timeout 120 "${COMPOSE_CMD[@]}" down -v --remove-orphans --timeout 5 >/dev/null 2>&1 || log "down -v failed"
   fi
+  [[ -z ${EMPTY_DATA_DIR:-} ]] || rmdir "$EMPTY_DATA_DIR" 2>/dev/null || true
   log "total $(($(date +%s) - T0))s, exit $rc"
   exit $rc
 }
 trap teardown EXIT
 trap 'exit 130' INT TERM
+
+# The synthetic set needs no data folder: mount an empty one rather than have Docker create ./data.
+if [[ -z ${AFM_DATA_DIR:-} ]]; then
+  AFM_DATA_DIR=$(mktemp -d /tmp/afm-docker-test-data.XXXXXX)
+  EMPTY_DATA_DIR=$AFM_DATA_DIR
+fi
+export AFM_DATA_DIR
 
 timeout 120 "${COMPOSE_CMD[@]}" down -v --remove-orphans --timeout 5 >/dev/null 2>&1 || true  # leftovers
 log "compose up: trainer, then api x$REPLICAS, then nginx on $URL"
