@@ -131,12 +131,14 @@ deadline=$((up_started + HEALTH_TIMEOUT))
 while :; do
   healthy=0
   for id in $(compose ps -q api); do
-    [[ $(docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{end}}' "$id") == healthy ]] && healthy=$((healthy + 1))
+    if [[ $(docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{end}}' "$id") == healthy ]]; then
+      healthy=$((healthy + 1))
+    fi
   done
   code=$("$PY" -c "import sys, urllib.request
 try: print(urllib.request.urlopen(sys.argv[1] + '/readyz', timeout=3).status)
 except Exception as e: print(getattr(e, 'code', 0))" "$URL")
-  [[ $healthy -ge $REPLICAS && $code == 200 ]] && break
+  if [[ $healthy -ge $REPLICAS && $code == 200 ]]; then break; fi
   (($(date +%s) < deadline)) || die "not healthy within ${HEALTH_TIMEOUT}s (healthy api: $healthy of $REPLICAS, nginx /readyz: $code)"
   sleep 2
 done

@@ -16,7 +16,9 @@ def main() -> None:
     optional = project.get("optional-dependencies", {})
     for extra in extras:
         if extra not in optional:
-            sys.exit(f"pyproject_deps: no extra {extra!r} in {path} (extras: {', '.join(optional)})")
+            sys.exit(
+                f"pyproject_deps: no extra {extra!r} in {path} (extras: {', '.join(optional)})"
+            )
         requirements += [r for r in optional[extra] if r not in requirements]
     print("\n".join(requirements))
 

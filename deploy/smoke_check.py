@@ -16,8 +16,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from email.message import Message
 from collections import Counter
+from email.message import Message
 from typing import Any
 
 
@@ -51,10 +51,16 @@ def example_row(model: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--url", default="http://localhost:8080")
-    parser.add_argument("--replicas", type=int, default=2, help="distinct X-Served-By values expected")
-    parser.add_argument("--requests", type=int, default=40, help="requests used to see the replicas")
+    parser.add_argument(
+        "--replicas", type=int, default=2, help="distinct X-Served-By values expected"
+    )
+    parser.add_argument(
+        "--requests", type=int, default=40, help="requests used to see the replicas"
+    )
     args = parser.parse_args()
     base = args.url.rstrip("/")
     failures: list[str] = []
@@ -117,7 +123,11 @@ def main() -> int:
 
     started = time.perf_counter()
     for i in range(args.requests):
-        status, headers, _ = (call(f"{base}/predict", {"instances": [row]}) if i % 2 else call(f"{base}/explain?{query}"))
+        status, headers, _ = (
+            call(f"{base}/predict", {"instances": [row]})
+            if i % 2
+            else call(f"{base}/explain?{query}")
+        )
         note(headers)
         if status != 200:
             check(f"request {i}", False, str(status))
