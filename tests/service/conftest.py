@@ -3,6 +3,7 @@ process (`python -m service`) on a free port, started where `import torch` fails
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -138,13 +139,21 @@ def stop_server(server: Server) -> None:
         server.process.wait()
 
 
+@contextlib.contextmanager
+def serving_a_copy(models_dir: Path, workdir: Path) -> Iterator[Server]:
+    """A service process on a private copy of the models, stopped however the block ends."""
+    running = start_server(copy_models(models_dir, workdir / "models"), workdir)
+    try:
+        yield running
+    finally:
+        stop_server(running)
+
+
 @pytest.fixture(scope="session")
 def server(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One service process for the tests that leave its model alone."""
-    workdir = tmp_path_factory.mktemp("server")
-    running = start_server(copy_models(models_dir, workdir / "models"), workdir)
-    yield running
-    stop_server(running)
+    with serving_a_copy(models_dir, tmp_path_factory.mktemp("server")) as running:
+        yield running
 
 
 @pytest.fixture()

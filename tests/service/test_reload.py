@@ -16,10 +16,8 @@ from tests.service.conftest import (
     API_KEY,
     CONTEXT,
     Server,
-    copy_models,
     publish_copy,
-    start_server,
-    stop_server,
+    serving_a_copy,
 )
 
 NAME = "synthetic-afm"
@@ -27,10 +25,9 @@ NAME = "synthetic-afm"
 
 @pytest.fixture(scope="module")
 def reload_server(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    workdir = tmp_path_factory.mktemp("reload")
-    running = start_server(copy_models(models_dir, workdir / "models"), workdir)
-    yield running
-    stop_server(running)
+    """A server of its own: these tests publish new versions into its models directory."""
+    with serving_a_copy(models_dir, tmp_path_factory.mktemp("reload")) as running:
+        yield running
 
 
 @pytest.fixture()
