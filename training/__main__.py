@@ -217,7 +217,7 @@ def train(args: argparse.Namespace) -> Path:
     """Train one model (optionally after an FM pre-training) and publish its bundle."""
     import torch
 
-    from training import bundle, export, plots
+    from training import bundle, export, metrics, plots
     from training.features import FeatureEncoder
     from training.model import AFM, AFMConfig
     from training.trainer import Tensors, TrainConfig, evaluate, fit
@@ -258,13 +258,11 @@ def train(args: argparse.Namespace) -> Path:
             f"{bundle_name} test: " + "  ".join(f"{k} {v:.4f}" for k, v in test_metrics.items()),
             flush=True,
         )
-        encoded_valid = encoder.encode(splits.validation.columns)
-        mean_attention = export.global_attention(model, encoded_valid.index, encoded_valid.value)
-        metric = "auc" if cfg.task == "ctr" else "rmse"
-        pairs = [
-            [encoder.names[i], encoder.names[j]]
-            for i, j in zip(model.pair_i.tolist(), model.pair_j.tolist(), strict=True)
-        ]
+        mean_attention = export.global_attention(
+            model, valid_data.index.numpy(), valid_data.value.numpy()
+        )
+        metric, _ = metrics.main_metric(cfg.task)
+        pairs = export.pair_names(model, encoder.names)
 
         def write_plots(folder: Path) -> None:
             plots.learning_curve(history.epochs, metric, folder / "learning_curve.png")

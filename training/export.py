@@ -13,7 +13,7 @@ from torch import nn
 
 from training import bundle
 from training.features import FeatureEncoder
-from training.model import AFM
+from training.model import AFM, AFMConfig
 
 OPSET = 18
 
@@ -70,6 +70,12 @@ def global_attention(
     return (total / max(len(index), 1)).numpy()
 
 
+def pair_names(model: AFM, field_names: list[str]) -> list[list[str]]:
+    """The model's pair order as field-name pairs, as bundle.json and the plots list them."""
+    rows, cols = model.pair_i.tolist(), model.pair_j.tolist()
+    return [[field_names[i], field_names[j]] for i, j in zip(rows, cols, strict=True)]
+
+
 def publish_bundle(
     model: AFM,
     encoder: FeatureEncoder,
@@ -84,8 +90,7 @@ def publish_bundle(
     """Export, checkpoint and describe the model, then publish it as the next version of `name`."""
     model = model.cpu().eval()
     names = encoder.names
-    rows, cols = model.pair_i.tolist(), model.pair_j.tolist()
-    pairs = [[names[i], names[j]] for i, j in zip(rows, cols, strict=True)]
+    pairs = pair_names(model, names)
     link = (
         {"kind": "sigmoid"}
         if task == "ctr"
@@ -124,8 +129,6 @@ def publish_bundle(
 
 def load_checkpoint(bundle_dir: Path) -> AFM:
     """Rebuild the PyTorch model of a published bundle from the config saved beside its weights."""
-    from training.model import AFMConfig
-
     saved = torch.load(Path(bundle_dir) / "checkpoint.pt", weights_only=True)
     model = AFM(AFMConfig(**saved["model_config"]))
     model.load_state_dict(saved["state_dict"])
