@@ -58,6 +58,11 @@ def build_parser(quick: bool = False) -> argparse.ArgumentParser:
         default=0.0,
         help="L2 on every parameter (optimizer weight decay)",
     )
+    train.add_argument(
+        "--batch-norm",
+        action="store_true",
+        help="FM only: batch-normalise the pooled pairs while training, as the authors' FM.py; folded into p and w0 afterwards, so the bundle is a plain FM",
+    )
     train.add_argument("--optimizer", choices=["adam", "adagrad"], default="adam")
     train.add_argument("--lr", type=float, default=1e-3, help="learning rate")
     train.add_argument("--batch-size", type=int, default=1024)
@@ -85,6 +90,12 @@ def build_parser(quick: bool = False) -> argparse.ArgumentParser:
         help="with --init-from or --pretrain-fm: keep FM's w0, w and v fixed and learn only the attention network and p (the authors' freeze_fm)",
     )
     train.add_argument(
+        "--fm-start",
+        choices=["exact", "authors"],
+        default="exact",
+        help="with --init-from or --pretrain-fm: 'exact' scales v by sqrt(P) and zeroes h so AFM starts as the FM predicts; 'authors' copies v and keeps a random attention network, as the authors' AFM.py",
+    )
+    train.add_argument(
         "--pretrain-fm",
         action="store_true",
         help="train and publish an FM first, then start AFM from its embeddings",
@@ -101,6 +112,11 @@ def build_parser(quick: bool = False) -> argparse.ArgumentParser:
         choices=["adam", "adagrad"],
         default="adam",
         help="optimizer of the FM pre-training",
+    )
+    train.add_argument(
+        "--fm-batch-norm",
+        action="store_true",
+        help="batch norm in the FM pre-training (see --batch-norm)",
     )
     train.add_argument(
         "--fm-batch-size", type=int, default=1024, help="batch size of the FM pre-training"
@@ -251,6 +267,7 @@ def train(args: argparse.Namespace) -> Path:
         )  # fmt: skip
 
     def run(model: AFM, cfg: TrainConfig, bundle_name: str) -> Path:
+        batch_norm = model.config.batch_norm  # fit folds it away
         history = fit(model, train_data, valid_data, cfg, bundle_name)
         model.cpu()
         test_metrics = evaluate(model, test_data, TrainConfig(**{**cfg.to_dict(), "device": "cpu"}))
@@ -270,7 +287,10 @@ def train(args: argparse.Namespace) -> Path:
 
         extras = {
             "metrics": {"validation": history.best, "test": test_metrics},
-            "training_config": {**cfg.to_dict(), "init_from": str(args.init_from) if args.init_from else None},
+            "training_config": {
+                **cfg.to_dict(), "batch_norm": batch_norm, "fm_start": args.fm_start,
+                "init_from": str(args.init_from) if args.init_from else None,
+            },
             "data": {
                 "dataset": splits.name, "fingerprint": splits.fingerprint,
                 "rows": {"train": len(train_data), "validation": len(valid_data), "test": len(test_data)},
@@ -294,7 +314,7 @@ def train(args: argparse.Namespace) -> Path:
         print(f"published {path}", flush=True)
         return path
 
-    def new_model(attention: bool, dropout: float) -> AFM:
+    def new_model(attention: bool, dropout: float, batch_norm: bool) -> AFM:
         config = AFMConfig(
             encoder.num_features,
             len(encoder.fields),
@@ -302,20 +322,23 @@ def train(args: argparse.Namespace) -> Path:
             args.attention_dim,
             attention,
             dropout,
+            batch_norm,
         )
         model = AFM(config)
         model.init_bias(float(splits.train.label.mean()), args.task)
         return model
 
     if args.pretrain_fm and args.model == "afm":
-        fm = new_model(False, args.fm_dropout)
+        fm = new_model(False, args.fm_dropout, args.fm_batch_norm)
         fm_path = run(
             fm,
             config(args.fm_lr, args.fm_epochs, args.fm_optimizer, args.fm_batch_size),
             name.removesuffix("-afm") + "-fm",
         )
         init = export.load_checkpoint(fm_path)
-    model = new_model(args.model == "afm", args.dropout)
+    if args.batch_norm and args.model != "fm":
+        sys.exit("--batch-norm is for --model fm (AFM has none; see --fm-batch-norm)")
+    model = new_model(args.model == "afm", args.dropout, args.batch_norm)
     if init is not None:
         if (
             init.config.num_features != encoder.num_features
@@ -324,7 +347,7 @@ def train(args: argparse.Namespace) -> Path:
             sys.exit(
                 "--init-from: that bundle's vocabularies or embedding size differ from this model's"
             )
-        model.load_fm_embeddings(init)
+        model.load_fm_embeddings(init, args.fm_start)
         if args.freeze_embeddings:
             model.freeze_fm_parameters()
     path = run(model, config(args.lr, args.epochs, args.optimizer, args.batch_size), name)

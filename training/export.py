@@ -131,5 +131,8 @@ def load_checkpoint(bundle_dir: Path) -> AFM:
     """Rebuild the PyTorch model of a published bundle from the config saved beside its weights."""
     saved = torch.load(Path(bundle_dir) / "checkpoint.pt", weights_only=True)
     model = AFM(AFMConfig(**saved["model_config"]))
-    model.load_state_dict(saved["state_dict"])
+    state = saved["state_dict"]
+    # FM checkpoints written before FM's p was saved (it was always ones then) still load
+    state.setdefault("projection", torch.ones(model.config.embedding_dim))
+    model.load_state_dict(state)
     return model

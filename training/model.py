@@ -27,6 +27,10 @@ class AFMConfig:
     attention_dim: int = 64  # t, the attention network's hidden size
     attention: bool = True  # False gives FM
     dropout: float = 0.0  # on the pair-interaction layer (the paper's main regulariser)
+    # FM only: batch-normalise the pooled pair vector while training, as the authors' FM.py does
+    # by default. It speeds FM's training a lot; at inference it is affine per dimension, so
+    # `fold_batch_norm` turns it into p and w0 and the exported model is again a plain FM.
+    batch_norm: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,7 +76,13 @@ class AFM(nn.Module):
             )
             self.projection = nn.Parameter(torch.ones(config.embedding_dim))  # p
         else:
-            self.register_buffer("projection", torch.ones(config.embedding_dim), persistent=False)
+            # Saved with the weights: ones, or the folded batch norm's per-dimension scale.
+            self.register_buffer("projection", torch.ones(config.embedding_dim))
+        if config.batch_norm:
+            if config.attention:
+                raise ValueError("batch_norm is FM's pre-training aid; AFM has none")
+            # TensorFlow's defaults in the authors' code: decay 0.9, epsilon 1e-3
+            self.pair_norm = nn.BatchNorm1d(config.embedding_dim, eps=1e-3, momentum=0.1)
 
     def forward(self, feature_index: torch.Tensor, feature_value: torch.Tensor) -> AFMOutput:
         x = feature_value.unsqueeze(-1)  # (B, F, 1)
@@ -80,7 +90,8 @@ class AFM(nn.Module):
         linear_contribution = self.linear(feature_index).squeeze(-1) * feature_value  # (B, F)
 
         if self.config.attention:
-            pairs = v[:, self.pair_i] * v[:, self.pair_j]  # (B, P, k)  (v_i ⊙ v_j) x_i x_j
+            # index_select, not v[:, pair_i]: advanced indexing and its backward cost several times more
+            pairs = v.index_select(1, self.pair_i) * v.index_select(1, self.pair_j)  # (B, P, k)
             hidden = F.relu(self.attention_w(pairs))  # (B, P, t)
             # (t, 1) and (k, 1) columns, not vectors: onnxruntime runs 3-D @ 1-D MatMuls slowly
             logits = (hidden @ self.attention_h.unsqueeze(-1)).squeeze(-1)  # (B, P)
@@ -97,9 +108,29 @@ class AFM(nn.Module):
 
         # Dropout on the pair-interaction layer's pooled output, as the authors' code does; at
         # eval it is the identity and raw equals bias + the linear and pair contributions.
+        if self.config.batch_norm:
+            pooled = self.pair_norm(pooled)  # (B, k); pair_contribution is right only once folded
         pair_interaction = self.dropout(pooled) @ self.projection  # (B,)
         raw = self.bias + linear_contribution.sum(1) + pair_interaction  # (B,)
         return AFMOutput(raw, attention, pair_contribution, linear_contribution)
+
+    @torch.no_grad()
+    def fold_batch_norm(self) -> None:
+        """Fold the trained batch norm into p and w0, then drop it.
+
+        At inference BN(s)_k = gamma_k (s_k - mu_k) / sigma_k + beta_k, so
+        p^T BN(s) = (p ⊙ gamma / sigma)^T s + p^T (beta - gamma mu / sigma): a new p and a shift
+        of w0. Predictions are unchanged and raw = w0 + linear + pair terms holds again.
+        """
+        if not self.config.batch_norm:
+            return
+        norm = self.pair_norm
+        assert norm.running_mean is not None and norm.running_var is not None  # tracked stats
+        scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)  # (k,)
+        self.bias.add_(self.projection @ (norm.bias - scale * norm.running_mean))
+        self.projection.mul_(scale)
+        del self.pair_norm
+        self.config.batch_norm = False
 
     def freeze_fm_parameters(self) -> None:
         """Keep w0, w and v as loaded: only the attention network and p learn."""
@@ -120,21 +151,26 @@ class AFM(nn.Module):
             return torch.zeros(())
         return self.attention_w.weight.pow(2).sum()
 
-    def load_fm_embeddings(self, fm: AFM) -> None:
+    def load_fm_embeddings(self, fm: AFM, start: str = "exact") -> None:
         """The paper's initialisation: AFM's bias, w and v taken from a trained FM.
 
-        FM sums the P pair terms while a fresh AFM averages them (uniform softmax, p = 1), so v is
-        scaled by sqrt(P): (sqrt(P) v_i) ⊙ (sqrt(P) v_j) / P = v_i ⊙ v_j, and AFM starts exactly as
-        the FM predicts. The larger v also gives the attention network inputs it can tell apart.
+        start="exact": FM sums the P pair terms while a fresh AFM averages them (uniform softmax,
+        p = 1), so v is scaled by sqrt(P) and h is zeroed: (sqrt(P) v_i) ⊙ (sqrt(P) v_j) / P =
+        v_i ⊙ v_j, and AFM starts exactly as the FM predicts.
+        start="authors": as the authors' AFM.py, v is copied unscaled and the attention network
+        keeps its random start, so the first predictions average FM's pair terms and AFM re-learns
+        their scale; the attention network learns during that re-fit rather than from an
+        optimum's residuals.
         """
+        if start not in ("exact", "authors"):
+            raise ValueError(f"start must be 'exact' or 'authors', not {start!r}")
         with torch.no_grad():
-            if self.config.attention:
-                self.attention_h.zero_()  # a uniform first softmax: AFM starts as the FM
             self.bias.copy_(fm.bias)
             self.linear.weight.copy_(fm.linear.weight)
-            scale = (
-                math.sqrt(len(self.pair_i))
-                if self.config.attention and not fm.config.attention
-                else 1.0
-            )
+            rescale = start == "exact" and self.config.attention and not fm.config.attention
+            if rescale:
+                self.attention_h.zero_()  # a uniform first softmax: AFM starts as the FM
+            scale = math.sqrt(len(self.pair_i)) if rescale else 1.0
             self.embedding.weight.copy_(fm.embedding.weight * scale)
+            if start == "exact":
+                self.projection.copy_(fm.projection)  # ones, or a folded batch norm's scale

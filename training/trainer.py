@@ -175,5 +175,6 @@ def fit(
             if stale >= config.patience:
                 break
     model.load_state_dict(best_state)
+    model.fold_batch_norm()  # a plain FM from here on: evaluation and export see no batch norm
     history.train_rows_per_second = float(np.median(speeds))
     return history

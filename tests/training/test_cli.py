@@ -64,6 +64,29 @@ def test_rating_task_with_fm_pretraining_publishes_fm_then_afm(tmp_path):
     assert "rmse" in afm.manifest["metrics"]["test"]
 
 
+def test_fm_trained_with_batch_norm_publishes_a_plain_fm(tmp_path, capsys):
+    main(["train", "--quick", "--task", "rating", "--model", "fm", "--batch-norm",
+          "--name", "bn", "--out", str(tmp_path)])  # fmt: skip
+    path = tmp_path / "bn" / "1"
+    manifest = bundle.read(path).manifest
+    assert manifest["training_config"]["batch_norm"] is True
+    assert manifest["model_config"]["batch_norm"] is False  # folded into p and w0
+    capsys.readouterr()
+    main(["evaluate", "--bundle", str(path), "--max-rows", "2000", "--split", "test"])
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["rmse"] == pytest.approx(manifest["metrics"]["test"]["rmse"], abs=1e-4)
+
+
+def test_afm_from_a_batch_norm_fm_with_the_authors_start(tmp_path):
+    main(["train", "--quick", "--task", "rating", "--pretrain-fm", "--fm-batch-norm",
+          "--fm-start", "authors", "--name", "a-afm", "--out", str(tmp_path)])  # fmt: skip
+    afm = bundle.read(tmp_path / "a-afm" / "1").manifest
+    assert afm["training_config"]["fm_start"] == "authors"
+    assert bundle.read(tmp_path / "a-fm" / "1").manifest["training_config"]["batch_norm"] is True
+    with pytest.raises(SystemExit, match="batch-norm"):
+        main(["train", "--quick", "--model", "afm", "--batch-norm", "--out", str(tmp_path)])
+
+
 def test_files_dataset_trains_on_a_declared_spec(tmp_path):
     from tests.training.test_readers import write_same_rows
 
@@ -94,6 +117,8 @@ def test_help_lists_every_option(capsys):
         "--model",
         "--out",
         "--pretrain-fm",
+        "--fm-start",
+        "--batch-norm",
         "--device",
         "--quick",
         "--seed",

@@ -211,3 +211,17 @@ print("scored without torch", float(score[0]))
     )
     assert result.returncode == 0, result.stderr
     assert "scored without torch" in result.stdout
+
+
+def test_fm_checkpoints_from_before_p_was_saved_still_load(tmp_path):
+    from training.model import AFM, AFMConfig
+
+    fm = AFM(AFMConfig(30, 4, 6, 4, attention=False))
+    state = fm.state_dict()
+    del state["projection"]
+    config = fm.config.to_dict()
+    del config["batch_norm"]  # nor did their configs name it
+    torch.save({"model_config": config, "state_dict": state}, tmp_path / "checkpoint.pt")
+    loaded = load_checkpoint(tmp_path)
+    assert torch.equal(loaded.projection, torch.ones(6))
+    assert torch.equal(loaded.embedding.weight, fm.embedding.weight)

@@ -85,6 +85,67 @@ def test_fresh_afm_from_fm_embeddings_predicts_as_the_fm():
     assert torch.allclose(afm(*rows).raw, fm(*rows).raw, atol=1e-5)
 
 
+def fm_trained_with_batch_norm() -> AFM:
+    """An FM whose batch norm has learnt gamma, beta and running statistics away from 1 and 0."""
+    torch.manual_seed(0)
+    fm = AFM(AFMConfig(40, F, K, 4, attention=False, dropout=0.2, batch_norm=True))
+    optimizer = torch.optim.Adam(fm.parameters(), lr=0.05)
+    index, value = random_rows(batch=64)
+    target = torch.randn(64)
+    for _ in range(30):
+        loss = (fm(index, value).raw - target).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return fm.eval()
+
+
+def test_batch_norm_folds_into_p_and_bias_without_changing_predictions():
+    fm = fm_trained_with_batch_norm()
+    rows = random_rows(seed=1)
+    before = fm(*rows).raw
+    fm.fold_batch_norm()
+    out = fm(*rows)
+    assert torch.allclose(out.raw, before, atol=1e-5)
+    assert not fm.config.batch_norm and not hasattr(fm, "pair_norm")
+    assert not torch.equal(fm.projection, torch.ones(K))  # the norm's scale now lives in p
+    total = fm.bias + out.linear_contribution.sum(1) + out.pair_contribution.sum(1)
+    assert torch.allclose(out.raw, total, atol=1e-5)
+    # a checkpoint of the folded model loads into a model built from its saved config
+    reloaded = AFM(AFMConfig(**fm.config.to_dict())).eval()
+    reloaded.load_state_dict(fm.state_dict())
+    assert torch.allclose(reloaded(*rows).raw, before, atol=1e-5)
+
+
+def test_afm_has_no_batch_norm():
+    with pytest.raises(ValueError, match="batch_norm"):
+        AFM(AFMConfig(40, F, K, 4, attention=True, batch_norm=True))
+
+
+def test_exact_start_from_a_folded_fm_predicts_as_the_fm():
+    fm = fm_trained_with_batch_norm()
+    fm.fold_batch_norm()
+    afm = AFM(AFMConfig(40, F, K, 4, attention=True)).eval()
+    afm.load_fm_embeddings(fm, start="exact")
+    rows = random_rows()
+    assert torch.allclose(afm(*rows).raw, fm(*rows).raw, atol=1e-5)
+
+
+def test_authors_start_copies_v_and_keeps_the_random_attention_network():
+    fm = trained_like(attention=False)
+    afm = AFM(AFMConfig(40, F, K, 4, attention=True)).eval()
+    h = afm.attention_h.detach().clone()
+    afm.load_fm_embeddings(fm, start="authors")
+    assert torch.equal(afm.embedding.weight, fm.embedding.weight)
+    assert torch.equal(afm.attention_h, h) and h.abs().sum() > 0
+    assert torch.equal(afm.projection, torch.ones(K))
+    # the pair terms start averaged, not summed, so AFM does not predict as the FM yet
+    rows = random_rows()
+    assert not torch.allclose(afm(*rows).raw, fm(*rows).raw, atol=1e-3)
+    with pytest.raises(ValueError, match="start"):
+        afm.load_fm_embeddings(fm, start="scaled")
+
+
 def test_dropout_acts_in_training_only():
     model = trained_like()
     rows = random_rows()
