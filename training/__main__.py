@@ -61,7 +61,7 @@ def build_parser(quick: bool = False) -> argparse.ArgumentParser:
     train.add_argument(
         "--batch-norm",
         action="store_true",
-        help="FM only: batch-normalise the pooled pairs while training, as the authors' FM.py; folded into p and w0 afterwards, so the bundle is a plain FM",
+        help="FM only: batch-normalise the pooled pairs while training, as the authors' FM.py; folded into v, p and w0 afterwards, so the bundle is a plain FM",
     )
     train.add_argument("--optimizer", choices=["adam", "adagrad"], default="adam")
     train.add_argument("--lr", type=float, default=1e-3, help="learning rate")

@@ -29,7 +29,7 @@ class AFMConfig:
     dropout: float = 0.0  # on the pair-interaction layer (the paper's main regulariser)
     # FM only: batch-normalise the pooled pair vector while training, as the authors' FM.py does
     # by default. It speeds FM's training a lot; at inference it is affine per dimension, so
-    # `fold_batch_norm` turns it into p and w0 and the exported model is again a plain FM.
+    # `fold_batch_norm` turns it into v, p and w0 and the exported model is again a plain FM.
     batch_norm: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -76,7 +76,7 @@ class AFM(nn.Module):
             )
             self.projection = nn.Parameter(torch.ones(config.embedding_dim))  # p
         else:
-            # Saved with the weights: ones, or the folded batch norm's per-dimension scale.
+            # Saved with the weights: ones, or the signs of a folded batch norm's scale.
             self.register_buffer("projection", torch.ones(config.embedding_dim))
         if config.batch_norm:
             if config.attention:
@@ -116,19 +116,22 @@ class AFM(nn.Module):
 
     @torch.no_grad()
     def fold_batch_norm(self) -> None:
-        """Fold the trained batch norm into p and w0, then drop it.
+        """Fold the trained batch norm into v, p and w0, then drop it.
 
-        At inference BN(s)_k = gamma_k (s_k - mu_k) / sigma_k + beta_k, so
-        p^T BN(s) = (p ⊙ gamma / sigma)^T s + p^T (beta - gamma mu / sigma): a new p and a shift
-        of w0. Predictions are unchanged and raw = w0 + linear + pair terms holds again.
+        At inference BN(s)_k = c_k s_k + beta_k - c_k mu_k with c_k = gamma_k / sigma_k, and the
+        pooled pairs s are quadratic in v: scaling v's dimension k by sqrt|c_k| scales s_k by |c_k|.
+        So v takes sqrt|c|, p takes sign(c) and w0 the shift p^T (beta - c mu). v then carries the
+        scale as a plain FM's does, which is what an AFM started from these embeddings expects.
+        Predictions are unchanged and raw = w0 + linear + pair terms holds again.
         """
         if not self.config.batch_norm:
             return
         norm = self.pair_norm
         assert norm.running_mean is not None and norm.running_var is not None  # tracked stats
-        scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)  # (k,)
-        self.bias.add_(self.projection @ (norm.bias - scale * norm.running_mean))
-        self.projection.mul_(scale)
+        c = norm.weight / torch.sqrt(norm.running_var + norm.eps)  # (k,)
+        self.bias.add_(self.projection @ (norm.bias - c * norm.running_mean))
+        self.embedding.weight.mul_(c.abs().sqrt())
+        self.projection.mul_(c.sign())
         del self.pair_norm
         self.config.batch_norm = False
 

@@ -100,15 +100,19 @@ def fm_trained_with_batch_norm() -> AFM:
     return fm.eval()
 
 
-def test_batch_norm_folds_into_p_and_bias_without_changing_predictions():
+def test_batch_norm_folds_into_v_p_and_bias_without_changing_predictions():
     fm = fm_trained_with_batch_norm()
+    with torch.no_grad():
+        fm.pair_norm.weight[0] = -fm.pair_norm.weight[0]  # a negative scale goes into p's sign
     rows = random_rows(seed=1)
     before = fm(*rows).raw
+    v = fm.embedding.weight.detach().clone()
     fm.fold_batch_norm()
     out = fm(*rows)
     assert torch.allclose(out.raw, before, atol=1e-5)
     assert not fm.config.batch_norm and not hasattr(fm, "pair_norm")
-    assert not torch.equal(fm.projection, torch.ones(K))  # the norm's scale now lives in p
+    assert not torch.allclose(fm.embedding.weight, v)  # the norm's scale now lives in v
+    assert fm.projection[0] == -1 and (fm.projection[1:] == 1).all()
     total = fm.bias + out.linear_contribution.sum(1) + out.pair_contribution.sum(1)
     assert torch.allclose(out.raw, total, atol=1e-5)
     # a checkpoint of the folded model loads into a model built from its saved config
