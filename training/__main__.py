@@ -288,7 +288,8 @@ def train(args: argparse.Namespace) -> Path:
         extras = {
             "metrics": {"validation": history.best, "test": test_metrics},
             "training_config": {
-                **cfg.to_dict(), "batch_norm": batch_norm, "fm_start": args.fm_start,
+                **cfg.to_dict(), "batch_norm": batch_norm,
+                "fm_start": args.fm_start if init is not None else None,  # only a started AFM has one
                 "init_from": str(args.init_from) if args.init_from else None,
             },
             "data": {
