@@ -106,10 +106,10 @@ class AFM(nn.Module):
             pair_contribution = inner[:, self.pair_i, self.pair_j]  # (B, P)
             attention = torch.full_like(pair_contribution, 1.0 / len(self.pair_i))  # uniform
 
-        # Dropout on the pair-interaction layer's pooled output, as the authors' code does; at
-        # eval it is the identity and raw equals bias + the linear and pair contributions.
         if self.config.batch_norm:
             pooled = self.pair_norm(pooled)  # (B, k); pair_contribution is right only once folded
+        # Dropout on the pair-interaction layer's pooled output, as the authors' code does; at
+        # eval it is the identity and raw equals bias + the linear and pair contributions.
         pair_interaction = self.dropout(pooled) @ self.projection  # (B,)
         raw = self.bias + linear_contribution.sum(1) + pair_interaction  # (B,)
         return AFMOutput(raw, attention, pair_contribution, linear_contribution)
@@ -176,4 +176,4 @@ class AFM(nn.Module):
             scale = math.sqrt(len(self.pair_i)) if rescale else 1.0
             self.embedding.weight.copy_(fm.embedding.weight * scale)
             if start == "exact":
-                self.projection.copy_(fm.projection)  # ones, or a folded batch norm's scale
+                self.projection.copy_(fm.projection)  # ones, or a folded batch norm's signs
