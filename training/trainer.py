@@ -28,6 +28,10 @@ class TrainConfig:
     l2_attention: float = 0.0  # lambda on ||W||^2 (the paper's attention regulariser)
     weight_decay: float = 0.0  # L2 on all parameters through the optimizer
     patience: int = 3  # epochs without validation improvement before stopping
+    # On a plateau the learning rate is multiplied by lr_decay (1: constant): a constant rate
+    # leaves Adam and Adagrad bouncing around frappe's optimum, and a smaller one settles into it.
+    lr_decay: float = 1.0
+    lr_decay_patience: int = 2  # epochs without improvement before each decay
     seed: int = 0
     device: str = "cpu"
     label_range: tuple[float, float] = (-1.0, 1.0)  # ratings are clipped to it when evaluated
@@ -146,6 +150,17 @@ def fit(
     model.to(config.device)
     optimizer = make_optimizer(model, config)
     metric, higher_is_better = metrics.main_metric(config.task)
+    scheduler = (
+        torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer,
+            mode="max" if higher_is_better else "min",
+            factor=config.lr_decay,
+            patience=config.lr_decay_patience - 1,  # torch decays after patience + 1 stale epochs
+            threshold=0.0,  # any improvement counts, as for early stopping
+        )
+        if config.lr_decay < 1.0
+        else None
+    )
     history, best_state, stale, speeds = History(), copy.deepcopy(model.state_dict()), 0, []
     for epoch in range(1, config.epochs + 1):
         loss, speed = train_one_epoch(
@@ -153,13 +168,15 @@ def fit(
         )
         speeds.append(speed)
         scores = evaluate(model, validation, config)
+        lr = optimizer.param_groups[0]["lr"]
         history.epochs.append(
-            {"epoch": epoch, "train_loss": loss, **{f"valid_{k}": v for k, v in scores.items()}}
+            {"epoch": epoch, "train_loss": loss, "lr": lr}
+            | {f"valid_{k}": v for k, v in scores.items()}
         )
         print(
             f"{name} epoch {epoch}: train loss {loss:.4f}  "
             + "  ".join(f"valid {k} {v:.4f}" for k, v in scores.items())
-            + f"  ({speed:,.0f} rows/s)",
+            + f"  lr {lr:.3g}  ({speed:,.0f} rows/s)",
             flush=True,
         )
         improved = not history.best or (
@@ -174,6 +191,8 @@ def fit(
             stale += 1
             if stale >= config.patience:
                 break
+        if scheduler is not None:
+            scheduler.step(scores[metric])
     model.load_state_dict(best_state)
     model.fold_batch_norm()  # a plain FM from here on: evaluation and export see no batch norm
     history.train_rows_per_second = float(np.median(speeds))

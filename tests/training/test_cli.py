@@ -52,6 +52,8 @@ def test_rating_task_with_fm_pretraining_publishes_fm_then_afm(tmp_path):
             "--task",
             "rating",
             "--pretrain-fm",
+            "--fm-lr-decay",
+            "0.5",
             "--name",
             "s-afm",
             "--out",
@@ -61,6 +63,8 @@ def test_rating_task_with_fm_pretraining_publishes_fm_then_afm(tmp_path):
     fm, afm = bundle.read(tmp_path / "s-fm" / "1"), bundle.read(tmp_path / "s-afm" / "1")
     assert fm.manifest["model"] == "fm" and afm.manifest["model"] == "afm"
     assert afm.manifest["link"] == {"kind": "clip", "min": -1.0, "max": 1.0}
+    assert fm.manifest["training_config"]["lr_decay"] == 0.5  # each phase has its own schedule
+    assert afm.manifest["training_config"]["lr_decay"] == 1.0
     assert "rmse" in afm.manifest["metrics"]["test"]
 
 
@@ -119,6 +123,7 @@ def test_help_lists_every_option(capsys):
         "--pretrain-fm",
         "--fm-start",
         "--batch-norm",
+        "--lr-decay",
         "--device",
         "--quick",
         "--seed",

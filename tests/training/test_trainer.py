@@ -1,0 +1,42 @@
+"""The training loop's schedule: learning-rate decay on plateaus and early stopping."""
+
+import torch
+
+from training.model import AFM, AFMConfig
+from training.trainer import Tensors, TrainConfig, fit
+
+
+def noise_data(rows: int, seed: int) -> Tensors:
+    """Labels unrelated to the features: validation can only wander, so plateaus come quickly."""
+    g = torch.Generator().manual_seed(seed)
+    index = torch.randint(0, 30, (rows, 3), generator=g) + torch.tensor([0, 30, 60])
+    return Tensors(index, torch.ones(rows, 3), torch.randint(0, 2, (rows,), generator=g) * 2.0 - 1)
+
+
+def test_learning_rate_decays_after_stale_epochs_and_best_weights_return():
+    model = AFM(AFMConfig(num_features=90, num_fields=3, embedding_dim=4, attention=False))
+    config = TrainConfig(
+        task="rating", epochs=12, batch_size=64, lr=0.05, patience=12, lr_decay=0.5,
+        lr_decay_patience=2,
+    )  # fmt: skip
+    history = fit(model, noise_data(512, 0), noise_data(256, 1), config)
+
+    expected, best, stale = config.lr, float("inf"), 0
+    for epoch in history.epochs:  # each epoch records the rate it trained with
+        assert epoch["lr"] == expected
+        if epoch["valid_rmse"] < best:
+            best, stale = epoch["valid_rmse"], 0
+        else:
+            stale += 1
+            if stale == config.lr_decay_patience:
+                expected, stale = expected * config.lr_decay, 0
+    assert history.epochs[-1]["lr"] < config.lr  # it did decay on this noise
+    assert history.best["rmse"] == min(e["valid_rmse"] for e in history.epochs)
+
+
+def test_constant_rate_by_default_and_early_stopping_after_patience():
+    model = AFM(AFMConfig(num_features=90, num_fields=3, embedding_dim=4, attention=False))
+    config = TrainConfig(task="rating", epochs=30, batch_size=64, lr=0.05, patience=2)
+    history = fit(model, noise_data(512, 0), noise_data(256, 1), config)
+    assert {e["lr"] for e in history.epochs} == {config.lr}
+    assert len(history.epochs) == history.best_epoch + config.patience < config.epochs
