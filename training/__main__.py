@@ -22,6 +22,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def decay_factor(text: str) -> float:
+    """argparse type of --lr-decay: a factor in (0, 1], 1 meaning a constant rate."""
+    factor = float(text)
+    if not 0.0 < factor <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], not {text}")
+    return factor
+
+
 def build_parser(quick: bool = False) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -77,7 +85,7 @@ def build_parser(quick: bool = False) -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--lr-decay",
-        type=float,
+        type=decay_factor,
         default=1.0,
         help="multiply the learning rate by this when validation stops improving (1: constant)",
     )
@@ -118,7 +126,7 @@ def build_parser(quick: bool = False) -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--fm-lr-decay",
-        type=float,
+        type=decay_factor,
         default=1.0,
         help="--lr-decay of the FM pre-training",
     )
@@ -404,7 +412,7 @@ def evaluate_bundle(args: argparse.Namespace) -> dict[str, float]:
 
 # The paper's recipe as its authors published it for AFM (k = 256; AFM started from FM's
 # embeddings, attention factor 8, Adagrad at 0.1, batch 4096, dropout 0.5, L2 on W), with an Adam
-# FM at dropout 0.5 trained until validation stops improving. Results and wall times: BENCHMARKS.md.
+# FM at dropout 0.5 whose rate is halved on plateaus. Results and wall times: BENCHMARKS.md.
 REPRODUCE_SETTINGS: dict[str, Any] = {
     "embedding-dim": 256,
     "fm-epochs": 100,  # early stopping ends it

@@ -28,8 +28,8 @@ class TrainConfig:
     l2_attention: float = 0.0  # lambda on ||W||^2 (the paper's attention regulariser)
     weight_decay: float = 0.0  # L2 on all parameters through the optimizer
     patience: int = 3  # epochs without validation improvement before stopping
-    # On a plateau the learning rate is multiplied by lr_decay (1: constant): a constant rate
-    # leaves Adam and Adagrad bouncing around frappe's optimum, and a smaller one settles into it.
+    # On a plateau the learning rate is multiplied by lr_decay (1: constant): at a constant rate
+    # frappe's FM stalls well above the RMSE a smaller rate then reaches (BENCHMARKS.md).
     lr_decay: float = 1.0
     lr_decay_patience: int = 2  # epochs without improvement before each decay
     seed: int = 0

@@ -111,6 +111,13 @@ def test_evaluate_scores_a_bundle_through_onnxruntime(tmp_path, capsys):
     )
 
 
+@pytest.mark.parametrize("factor", ["0", "1.5", "-0.5"])
+def test_a_learning_rate_decay_outside_0_1_is_refused(factor, capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--quick", "--lr-decay", factor])
+    assert "--lr-decay: must be in (0, 1]" in capsys.readouterr().err
+
+
 def test_help_lists_every_option(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
