@@ -61,13 +61,14 @@ def load(
     max_rows: int | None = None,
     seed: int = 0,
     download: bool = False,
+    drop_used_negatives: bool = False,
 ) -> Splits:
     """Load a named data set; `max_rows` caps every split (quick runs)."""
     data_dir = Path(data_dir) if data_dir else default_data_dir()
     if name == "synthetic":
         splits = synthetic(task, rows=max_rows or 60_000, seed=seed)
     elif name == "frappe":
-        splits = frappe(task, data_dir / "frappe", data_format, download)
+        splits = frappe(task, data_dir / "frappe", data_format, download, drop_used_negatives)
     elif name == "ml-100k":
         splits = movielens_100k(task, data_dir / "ml-100k", seed, download)
     else:
@@ -170,8 +171,18 @@ FRAPPE_FILES = {
 }
 
 
-def frappe(task: Task, directory: Path, data_format: str = "csv", download: bool = False) -> Splits:
-    """The AFM paper's frappe split: named CSV (what a backend sends) or the paper's libFM files."""
+def frappe(
+    task: Task,
+    directory: Path,
+    data_format: str = "csv",
+    download: bool = False,
+    drop_used_negatives: bool = False,
+) -> Splits:
+    """The AFM paper's frappe split: named CSV (what a backend sends) or the paper's libFM files.
+
+    `drop_used_negatives` removes the training negatives whose (user, app) pair the training file
+    also logs as used (`drop_negatives_of_used_pairs`).
+    """
     if data_format == "csv" and not (directory / "frappe.train.csv").exists():
         data_format = "libfm"  # the download gives the paper's libFM files
     if data_format == "libfm" and download:
@@ -181,7 +192,7 @@ def frappe(task: Task, directory: Path, data_format: str = "csv", download: bool
     for path in paths:
         if not path.exists():
             raise FileNotFoundError(
-                f"{path} not found: point --data-dir at the frappe files or pass --download"
+                f"{path} not found: pass --data-dir, the folder that holds frappe/, or --download"
             )
     if data_format == "libfm":
         tables = [read_libfm(p, FRAPPE_FIELDS) for p in paths]
@@ -192,9 +203,26 @@ def frappe(task: Task, directory: Path, data_format: str = "csv", download: bool
     for t in tables:  # libFM labels are ±1, the CSV's 1/0: bring both to the task's convention
         t.label = _task_labels((t.label > 0).astype(np.float32), task, binary=True)
     train, validation, test = tables
-    return Splits(
-        "frappe", task, spec, train, validation, test, (-1.0, 1.0), fingerprint_files(paths)
-    )
+    fingerprint = fingerprint_files(paths)
+    if drop_used_negatives:
+        train = drop_negatives_of_used_pairs(train, ("user", "item"))
+        fingerprint = hashlib.sha256(f"{fingerprint}:drop-used-negatives".encode()).hexdigest()
+    return Splits("frappe", task, spec, train, validation, test, (-1.0, 1.0), fingerprint)
+
+
+def drop_negatives_of_used_pairs(table: Table, key: tuple[str, str]) -> Table:
+    """Drop the negative rows whose `key` pair (user, app) the same table also has as a positive.
+
+    The paper sampled frappe's negatives among the apps a user never used: its validation and test
+    files hold no negative whose (user, app) is a positive anywhere. The rebuilt training file
+    (../shared/data/SOURCE.md) pairs users with apps they used in 1,152 of its 134,423 negatives;
+    1,012 of those pairs are positives of the training file itself, which is all this can see
+    without looking at the held-out rows.
+    """
+    pair = np.char.add(np.char.add(table.columns[key[0]], "\x1f"), table.columns[key[1]])
+    positive = table.label > 0  # 1 under ctr, +1 under rating
+    used = np.isin(pair, pair[positive])
+    return table.take(positive | ~used)
 
 
 # ----------------------------------------------------------------------------------- ml-100k
@@ -220,7 +248,9 @@ def movielens_100k(task: Task, directory: Path, seed: int = 0, download: bool = 
     paths = [directory / name for name in ML100K_FILES]
     for path in paths:
         if not path.exists():
-            raise FileNotFoundError(f"{path} not found: point --data-dir at it or pass --download")
+            raise FileNotFoundError(
+                f"{path} not found: pass --data-dir, the folder that holds ml-100k/, or --download"
+            )
     read = lambda p: _strip_types(  # noqa: E731
         pacsv.read_csv(
             p,

@@ -118,6 +118,13 @@ def test_a_learning_rate_decay_outside_0_1_is_refused(factor, capsys):
     assert "--lr-decay: must be in (0, 1]" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("dataset", ["frappe", "ml-100k"])
+def test_missing_data_files_end_with_a_message_naming_the_option(dataset, tmp_path):
+    argv = ["train", "--dataset", dataset, "--task", "rating", "--data-dir", str(tmp_path)]
+    with pytest.raises(SystemExit, match=f"--data-dir, the folder that holds {dataset}/"):
+        main([*argv, "--out", str(tmp_path / "models")])
+
+
 def test_help_lists_every_option(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from training import datasets
+from training.readers import Table
 
 
 def test_synthetic_is_deterministic_by_seed():
@@ -113,3 +114,58 @@ def test_movielens_joins_side_features_and_splits_by_seed():
     assert np.array_equal(again.test.label, splits.test.label)
     ctr = datasets.load("ml-100k", "ctr")
     assert set(np.unique(ctr.test.label)) == {0.0, 1.0}
+
+
+def test_drop_negatives_of_used_pairs_removes_only_contradicting_negatives():
+    table = Table(
+        {
+            "user": np.array(["u1", "u1", "u1", "u2", "u2", "u1"]),
+            "item": np.array(["a", "a", "b", "a", "b", "b"]),
+        },
+        np.array([1, -1, -1, -1, 1, 1], dtype=np.float32),
+    )
+    kept = datasets.drop_negatives_of_used_pairs(table, ("user", "item"))
+    # row 1 (u1, a) is u1's positive of row 0; row 2 (u1, b) is u1's positive of row 5;
+    # row 3 (u2, a) stays: u2 never used a
+    assert list(zip(kept.columns["user"], kept.columns["item"], kept.label, strict=True)) == [
+        ("u1", "a", 1),
+        ("u2", "a", -1),
+        ("u2", "b", 1),
+        ("u1", "b", 1),
+    ]
+
+
+def test_frappe_drops_used_negatives_from_training_only(tmp_path):
+    header = "label,user,item,daytime,weekday,isweekend,homework,cost,weather,country,city\n"
+    row = ",morning,monday,workday,home,free,sunny,France,0\n"
+    folder = tmp_path / "frappe"
+    folder.mkdir()
+    (folder / "frappe.train.csv").write_text(header + f"1,u1,a{row}0,u1,a{row}0,u1,b{row}")
+    for part in ("validation", "test"):  # held-out rows are never touched
+        (folder / f"frappe.{part}.csv").write_text(header + f"1,u1,a{row}0,u1,a{row}")
+    plain = datasets.load("frappe", "rating", data_dir=tmp_path)
+    dropped = datasets.load("frappe", "rating", data_dir=tmp_path, drop_used_negatives=True)
+    assert list(plain.train.label) == [1, -1, -1]
+    assert list(dropped.train.label) == [1, -1]
+    assert list(dropped.train.columns["item"]) == ["a", "b"]
+    assert len(dropped.validation) == len(dropped.test) == 2
+    assert dropped.fingerprint != plain.fingerprint  # the bundle records which rows trained it
+
+
+FRAPPE = datasets.default_data_dir() / "frappe"
+
+
+@pytest.mark.frappe
+@pytest.mark.skipif(not (FRAPPE / "frappe.train.csv").exists(), reason="frappe data not available")
+def test_frappe_paper_files_hold_no_used_negatives_and_the_rebuilt_training_file_does():
+    splits = datasets.load("frappe", "rating")
+    # the paper's own negatives (validation, test) against every positive of the three files
+    parts = [splits.validation, splits.test, splits.train.take(splits.train.label > 0)]
+    pooled = Table(
+        {key: np.concatenate([t.columns[key] for t in parts]) for key in ("user", "item")},
+        np.concatenate([t.label for t in parts]),
+    )
+    assert len(datasets.drop_negatives_of_used_pairs(pooled, ("user", "item"))) == len(pooled)
+    dropped = datasets.load("frappe", "rating", drop_used_negatives=True)
+    assert len(splits.train) - len(dropped.train) == 1_012
+    assert (dropped.train.label > 0).sum() == (splits.train.label > 0).sum()
