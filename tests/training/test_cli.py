@@ -125,6 +125,11 @@ def test_missing_data_files_end_with_a_message_naming_the_option(dataset, tmp_pa
         main([*argv, "--out", str(tmp_path / "models")])
 
 
+def test_dropping_used_negatives_is_refused_outside_frappe():
+    with pytest.raises(SystemExit, match="--drop-used-negatives is for --dataset frappe"):
+        main(["train", "--quick", "--drop-used-negatives"])
+
+
 def test_help_lists_every_option(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
@@ -138,6 +143,7 @@ def test_help_lists_every_option(capsys):
         "--fm-start",
         "--batch-norm",
         "--lr-decay",
+        "--drop-used-negatives",
         "--device",
         "--quick",
         "--seed",
