@@ -426,7 +426,7 @@ def evaluate_bundle(args: argparse.Namespace) -> dict[str, float]:
 # FM at dropout 0.5 whose rate is halved on plateaus. Results and wall times: BENCHMARKS.md.
 REPRODUCE_SETTINGS: dict[str, Any] = {
     "embedding-dim": 256,
-    "fm-epochs": 100,  # early stopping ends it
+    "fm-epochs": 100,  # a cap: on the cleaned rows FM ran all 100 (best 99) at a tiny final rate
     "fm-lr": 1e-3,
     "fm-dropout": 0.5,  # test 0.3411 at a constant rate, against 0.3425 at 0.3 and 0.3452 at 0.6
     "fm-optimizer": "adam",
@@ -452,8 +452,9 @@ def reproduce(args: argparse.Namespace) -> None:
     """FM, then AFM started from FM's embeddings, on the paper's frappe split (rating on ±1)."""
     # --drop-used-negatives: the rebuilt training file's 1,012 negatives that contradict one of its
     # positives cost FM 0.005 and AFM 0.003 of test RMSE (BENCHMARKS.md)
-    argv = ["train", "--dataset", "frappe", "--task", "rating", "--model", "afm", "--pretrain-fm", "--drop-used-negatives",
-            "--name", "frappe-afm", "--out", str(args.out), "--threads", str(args.threads), "--device", args.device]  # fmt: skip
+    argv = ["train", "--dataset", "frappe", "--task", "rating", "--model", "afm", "--pretrain-fm",
+            "--drop-used-negatives", "--name", "frappe-afm", "--out", str(args.out),
+            "--threads", str(args.threads), "--device", args.device]  # fmt: skip
     if args.data_dir:
         argv += ["--data-dir", str(args.data_dir)]
     if args.download:
