@@ -159,7 +159,8 @@ class AFM(nn.Module):
 
         start="exact": FM sums the P pair terms while a fresh AFM averages them (uniform softmax,
         p = 1), so v is scaled by sqrt(P) and h is zeroed: (sqrt(P) v_i) ⊙ (sqrt(P) v_j) / P =
-        v_i ⊙ v_j, and AFM starts exactly as the FM predicts.
+        v_i ⊙ v_j, and AFM starts exactly as the FM predicts. W is divided by P, so W applied to
+        the scaled pairs is the fresh W applied to FM's own.
         start="authors": as the authors' AFM.py, v is copied unscaled and the attention network
         keeps its random start, so the first predictions average FM's pair terms and AFM re-learns
         their scale; the attention network learns during that re-fit rather than from an
@@ -171,9 +172,15 @@ class AFM(nn.Module):
             self.bias.copy_(fm.bias)
             self.linear.weight.copy_(fm.linear.weight)
             rescale = start == "exact" and self.config.attention and not fm.config.attention
+            num_pairs = len(self.pair_i)
             if rescale:
                 self.attention_h.zero_()  # a uniform first softmax: AFM starts as the FM
-            scale = math.sqrt(len(self.pair_i)) if rescale else 1.0
+                # The scaled pairs reach W P times larger than FM's own v_i ⊙ v_j; W / P gives the
+                # attention network the first hidden layer a fresh one has on FM's pair vectors.
+                # Without it the first Adagrad steps on h met P-times-larger hidden units and the
+                # AFM phase's start depended on the seed (BENCHMARKS.md).
+                self.attention_w.weight.div_(num_pairs)
+            scale = math.sqrt(num_pairs) if rescale else 1.0
             self.embedding.weight.copy_(fm.embedding.weight * scale)
             if start == "exact":
                 self.projection.copy_(fm.projection)  # ones, or a folded batch norm's signs

@@ -66,6 +66,11 @@ def test_rating_task_with_fm_pretraining_publishes_fm_then_afm(tmp_path):
     assert fm.manifest["training_config"]["lr_decay"] == 0.5  # each phase has its own schedule
     assert afm.manifest["training_config"]["lr_decay"] == 1.0
     assert "rmse" in afm.manifest["metrics"]["test"]
+    # the AFM phase is reseeded: the same as starting AFM from the published FM bundle by hand
+    main(["train", "--quick", "--task", "rating", "--init-from", str(tmp_path / "s-fm" / "1"),
+          "--name", "s-afm", "--out", str(tmp_path)])  # fmt: skip
+    by_hand = bundle.read(tmp_path / "s-afm" / "2").manifest
+    assert by_hand["history"] == afm.manifest["history"] and by_hand["bias"] == afm.manifest["bias"]
 
 
 def test_fm_trained_with_batch_norm_publishes_a_plain_fm(tmp_path, capsys):

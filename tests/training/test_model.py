@@ -85,6 +85,21 @@ def test_fresh_afm_from_fm_embeddings_predicts_as_the_fm():
     assert torch.allclose(afm(*rows).raw, fm(*rows).raw, atol=1e-5)
 
 
+def test_exact_start_gives_the_attention_network_fm_scale_inputs():
+    fm = trained_like(attention=False)
+    afm = AFM(AFMConfig(40, F, K, 4, attention=True)).eval()
+    fresh = afm.attention_w.weight.detach().clone()
+    afm.load_fm_embeddings(fm)
+    index, value = random_rows()
+    x = value.unsqueeze(-1)
+    v_afm, v_fm = afm.embedding(index) * x, fm.embedding(index) * x  # (B, F, k)  v_i x_i
+    i, j = afm.pair_i, afm.pair_j
+    scaled = afm.attention_w(v_afm[:, i] * v_afm[:, j])  # W (sqrt(P) v_i ⊙ sqrt(P) v_j) / P + b
+    unscaled = (v_fm[:, i] * v_fm[:, j]) @ fresh.T + afm.attention_w.bias  # fresh W on FM's pairs
+    assert torch.allclose(scaled, unscaled, atol=1e-6)
+    assert not torch.allclose(afm.attention_w.weight, fresh)
+
+
 def fm_trained_with_batch_norm() -> AFM:
     """An FM whose batch norm has learnt gamma, beta and running statistics away from 1 and 0."""
     torch.manual_seed(0)
