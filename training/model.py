@@ -177,8 +177,8 @@ class AFM(nn.Module):
                 self.attention_h.zero_()  # a uniform first softmax: AFM starts as the FM
                 # The scaled pairs reach W P times larger than FM's own v_i ⊙ v_j; W / P gives the
                 # attention network the first hidden layer a fresh one has on FM's pair vectors.
-                # Without it the first Adagrad steps on h met P-times-larger hidden units and the
-                # AFM phase's start depended on the seed (BENCHMARKS.md).
+                # Without it the AFM phase's start depended much more on the seed (BENCHMARKS.md,
+                # fifth pass).
                 self.attention_w.weight.div_(num_pairs)
             scale = math.sqrt(num_pairs) if rescale else 1.0
             self.embedding.weight.copy_(fm.embedding.weight * scale)
