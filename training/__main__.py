@@ -239,6 +239,8 @@ def load_splits(args: argparse.Namespace) -> Any:
     from training import datasets
     from training.features import FeatureSpec
 
+    if args.drop_used_negatives and args.dataset != "frappe":
+        sys.exit("--drop-used-negatives is for --dataset frappe")
     if args.dataset == "files":
         if not (args.fields and args.train and args.validation and args.test):
             sys.exit("--dataset files needs --fields, --train, --validation and --test")
@@ -249,8 +251,6 @@ def load_splits(args: argparse.Namespace) -> Any:
             args.validation,
             args.test,
         )
-    if args.drop_used_negatives and args.dataset != "frappe":
-        sys.exit("--drop-used-negatives is for --dataset frappe")
     try:
         return datasets.load(
             args.dataset,

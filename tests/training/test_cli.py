@@ -130,9 +130,10 @@ def test_missing_data_files_end_with_a_message_naming_the_option(dataset, tmp_pa
         main([*argv, "--out", str(tmp_path / "models")])
 
 
-def test_dropping_used_negatives_is_refused_outside_frappe():
+@pytest.mark.parametrize("dataset", ["synthetic", "files"])
+def test_dropping_used_negatives_is_refused_outside_frappe(dataset):
     with pytest.raises(SystemExit, match="--drop-used-negatives is for --dataset frappe"):
-        main(["train", "--quick", "--drop-used-negatives"])
+        main(["train", "--quick", "--dataset", dataset, "--drop-used-negatives"])
 
 
 def test_help_lists_every_option(capsys):
