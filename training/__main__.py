@@ -9,8 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 # --quick: a tiny run that exercises every step; options given explicitly still win
 QUICK = {"max_rows": 2000, "epochs": 1, "fm_epochs": 1, "embedding_dim": 8, "attention_dim": 8}
 
@@ -410,12 +408,7 @@ def evaluate_bundle(args: argparse.Namespace) -> dict[str, float]:
     loaded = bundle.read(args.bundle)
     args.task = loaded.task
     table = getattr(load_splits(args), args.split)
-    encoded = loaded.encoder.encode(table.columns)
-    session = loaded.session()
-    scores = np.concatenate([
-        session.run(["score"], {"feature_index": encoded.index[s : s + 8192], "feature_value": encoded.value[s : s + 8192]})[0]
-        for s in range(0, len(table), 8192)
-    ])  # fmt: skip
+    scores = loaded.score(table.columns)
     low, high = loaded.manifest["label_range"]
     result = metrics.compute(loaded.task, table.label, scores, (low, high))
     print(

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnxruntime as ort
 
 from training.features import FeatureEncoder
@@ -100,6 +101,15 @@ class Bundle:
             raise BundleError(self.path, f"model.onnx does not load: {error}") from error
         _check_io(self.path, session, self.manifest["io"])
         return session
+
+    def score(self, columns: Mapping[str, np.ndarray], batch_size: int = 8192) -> np.ndarray:
+        """The graph's `score` output (after the link) for raw feature columns, in batches."""
+        encoded = self.encoder.encode(columns)
+        session = self.session()
+        return np.concatenate([
+            session.run(["score"], {"feature_index": encoded.index[s : s + batch_size], "feature_value": encoded.value[s : s + batch_size]})[0]
+            for s in range(0, len(encoded.index), batch_size)
+        ])  # fmt: skip
 
 
 def read(path: Path | str) -> Bundle:

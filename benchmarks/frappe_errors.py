@@ -1,0 +1,80 @@
+"""Where a frappe rating bundle's squared error lies: by label, and by what the training file says
+of each row's (user, app) pair.
+
+    python -m benchmarks.frappe_errors models/frappe-afm/1 [more bundles] [--split test]
+
+A pair is "used" when the training file logs the user using the app, "negative only" when it
+holds the pair only as a sampled negative, and "unseen" otherwise. Scores come from the bundle's
+ONNX graph through onnxruntime, on the rows `make reproduce` trains on (--drop-used-negatives).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from training import bundle, metrics
+from training.datasets import default_data_dir, frappe
+from training.readers import Table
+
+KINDS = ("used", "negative only", "unseen")
+
+
+@dataclass
+class Group:
+    label: float
+    kind: str
+    rows: int
+    mse: float
+    share: float  # of the split's total squared error
+
+
+def pair_kinds(train: Table, table: Table) -> np.ndarray:
+    """For each row of table, what the training file says of its (user, app) pair."""
+    users, items, positive = train.columns["user"], train.columns["item"], train.label > 0
+    used = set(zip(users[positive], items[positive], strict=True))
+    sampled = set(zip(users[~positive], items[~positive], strict=True))
+    pairs = zip(table.columns["user"], table.columns["item"], strict=True)
+    return np.array(
+        [KINDS[0] if p in used else KINDS[1] if p in sampled else KINDS[2] for p in pairs]
+    )
+
+
+def breakdown(kinds: np.ndarray, label: np.ndarray, score: np.ndarray) -> list[Group]:
+    """Squared error of the clipped scores per (label, pair kind), as the paper's RMSE counts it."""
+    error = (np.clip(score, -1.0, 1.0) - label) ** 2
+    groups = []
+    for sign in (1.0, -1.0):
+        for kind in KINDS:
+            rows = (label == sign) & (kinds == kind)
+            if rows.any():
+                share = float(error[rows].sum() / error.sum())
+                groups.append(Group(sign, kind, int(rows.sum()), float(error[rows].mean()), share))
+    return groups
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.frappe_errors", description=__doc__)
+    parser.add_argument("bundles", nargs="+", type=Path, help="published frappe rating bundles")
+    parser.add_argument("--split", choices=["validation", "test"], default="test")
+    parser.add_argument("--data-dir", type=Path, default=default_data_dir())
+    args = parser.parse_args(argv)
+
+    splits = frappe("rating", args.data_dir / "frappe", drop_used_negatives=True)
+    table = getattr(splits, args.split)
+    kinds = pair_kinds(splits.train, table)
+    for path in args.bundles:
+        score = bundle.read(path).score(table.columns)
+        rmse = metrics.compute("rating", table.label, score, splits.label_range)["rmse"]
+        print(f"\n{path}, {args.split} RMSE {rmse:.4f}\n")
+        print("| label | (user, app) in training | rows | MSE | share of squared error |")
+        print("|---|---|---|---|---|")
+        for g in breakdown(kinds, table.label, score):
+            print(f"| {g.label:+.0f} | {g.kind} | {g.rows:,} | {g.mse:.4f} | {g.share:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
