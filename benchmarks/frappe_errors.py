@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from training import bundle, metrics
-from training.datasets import default_data_dir, frappe
+from training.datasets import default_data_dir, frappe, pair_keys
 from training.readers import Table
 
 KINDS = ("used", "negative only", "unseen")
@@ -34,13 +34,10 @@ class Group:
 
 def pair_kinds(train: Table, table: Table) -> np.ndarray:
     """For each row of table, what the training file says of its (user, app) pair."""
-    users, items, positive = train.columns["user"], train.columns["item"], train.label > 0
-    used = set(zip(users[positive], items[positive], strict=True))
-    sampled = set(zip(users[~positive], items[~positive], strict=True))
-    pairs = zip(table.columns["user"], table.columns["item"], strict=True)
-    return np.array(
-        [KINDS[0] if p in used else KINDS[1] if p in sampled else KINDS[2] for p in pairs]
-    )
+    known, pairs = pair_keys(train, ("user", "item")), pair_keys(table, ("user", "item"))
+    positive = train.label > 0
+    used, sampled = np.isin(pairs, known[positive]), np.isin(pairs, known[~positive])
+    return np.where(used, KINDS[0], np.where(sampled, KINDS[1], KINDS[2]))
 
 
 def breakdown(kinds: np.ndarray, label: np.ndarray, score: np.ndarray) -> list[Group]:

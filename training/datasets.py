@@ -210,6 +210,11 @@ def frappe(
     return Splits("frappe", task, spec, train, validation, test, (-1.0, 1.0), fingerprint)
 
 
+def pair_keys(table: Table, key: tuple[str, str]) -> np.ndarray:
+    """One string per row for its `key` pair of raw values, e.g. (user, app)."""
+    return np.char.add(np.char.add(table.columns[key[0]], "\x1f"), table.columns[key[1]])
+
+
 def drop_negatives_of_used_pairs(table: Table, key: tuple[str, str]) -> Table:
     """Drop the negative rows whose `key` pair (user, app) the same table also has as a positive.
 
@@ -219,7 +224,7 @@ def drop_negatives_of_used_pairs(table: Table, key: tuple[str, str]) -> Table:
     1,012 of those pairs are positives of the training file itself, which is all this can see
     without looking at the held-out rows.
     """
-    pair = np.char.add(np.char.add(table.columns[key[0]], "\x1f"), table.columns[key[1]])
+    pair = pair_keys(table, key)
     positive = table.label > 0  # 1 under ctr, +1 under rating
     used = np.isin(pair, pair[positive])
     return table.take(positive | ~used)
