@@ -5,7 +5,8 @@ of each row's (user, app) pair.
 
 A pair is "used" when the training file logs the user using the app, "negative only" when it
 holds the pair only as a sampled negative, and "unseen" otherwise. Scores come from the bundle's
-ONNX graph through onnxruntime, on the rows `make reproduce` trains on (--drop-used-negatives).
+ONNX graph through onnxruntime. `--negatives` names the training rows the bundles learnt from:
+`paper` (--paper-negatives, what `make reproduce` trains on) or `file` (--drop-used-negatives).
 """
 
 from __future__ import annotations
@@ -58,9 +59,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("bundles", nargs="+", type=Path, help="published frappe rating bundles")
     parser.add_argument("--split", choices=["validation", "test"], default="test")
     parser.add_argument("--data-dir", type=Path, default=default_data_dir())
+    parser.add_argument("--negatives", choices=["paper", "file"], default="paper")
     args = parser.parse_args(argv)
 
-    splits = frappe("rating", args.data_dir / "frappe", drop_used_negatives=True)
+    paper = args.negatives == "paper"
+    splits = frappe(
+        "rating", args.data_dir / "frappe", drop_used_negatives=not paper, paper_negatives=paper
+    )
     table = getattr(splits, args.split)
     kinds = pair_kinds(splits.train, table)
     for path in args.bundles:

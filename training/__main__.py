@@ -180,6 +180,13 @@ def build_parser(quick: bool = False) -> argparse.ArgumentParser:
     reproduce.add_argument(
         "--download", action="store_true", help="fetch the paper's libFM files first"
     )
+    reproduce.add_argument(
+        "--negatives",
+        choices=["paper", "file"],
+        default="paper",
+        help="paper: training negatives drawn from raw/frappe.csv as the paper's were (--paper-negatives); file: the rebuilt training file's own, less those contradicting its positives (--drop-used-negatives); with --download neither (the authors' own files)",
+    )
+    reproduce.add_argument("--seed", type=int, default=0)
     return parser
 
 
@@ -220,6 +227,11 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="frappe: drop the training negatives that pair a user with an app the training file logs them using (the paper's negatives never do; make reproduce sets it)",
     )
+    parser.add_argument(
+        "--paper-negatives",
+        action="store_true",
+        help="frappe: replace the training negatives with ones drawn from raw/frappe.csv the way the paper's files were (2 per log with its context, among apps the user never used; consults the held-out logs, as the authors' sampling did)",
+    )
     parser.add_argument("--max-rows", type=int, help="use at most this many rows of each split")
     parser.add_argument(
         "--seed", type=int, default=0, help="seeds the split, the initialisation and the shuffling"
@@ -237,8 +249,9 @@ def load_splits(args: argparse.Namespace) -> Any:
     from training import datasets
     from training.features import FeatureSpec
 
-    if args.drop_used_negatives and args.dataset != "frappe":
-        sys.exit("--drop-used-negatives is for --dataset frappe")
+    for option in ("drop_used_negatives", "paper_negatives"):
+        if getattr(args, option) and args.dataset != "frappe":
+            sys.exit(f"--{option.replace('_', '-')} is for --dataset frappe")
     if args.dataset == "files":
         if not (args.fields and args.train and args.validation and args.test):
             sys.exit("--dataset files needs --fields, --train, --validation and --test")
@@ -259,9 +272,10 @@ def load_splits(args: argparse.Namespace) -> Any:
             args.seed,
             args.download,
             args.drop_used_negatives,
+            args.paper_negatives,
         )
-    except FileNotFoundError as missing:  # a message for the user, not a traceback
-        sys.exit(str(missing))
+    except (FileNotFoundError, ValueError) as problem:  # a message for the user, not a traceback
+        sys.exit(str(problem))
 
 
 def train(args: argparse.Namespace) -> Path:
@@ -449,12 +463,16 @@ def reproduce(args: argparse.Namespace) -> None:
     # --drop-used-negatives: the rebuilt training file's 1,012 negatives that contradict one of its
     # positives cost FM 0.005 and AFM 0.003 of test RMSE (BENCHMARKS.md)
     argv = ["train", "--dataset", "frappe", "--task", "rating", "--model", "afm", "--pretrain-fm",
-            "--drop-used-negatives", "--name", "frappe-afm", "--out", str(args.out),
+            "--name", "frappe-afm", "--out", str(args.out), "--seed", str(args.seed),
             "--threads", str(args.threads), "--device", args.device]  # fmt: skip
     if args.data_dir:
         argv += ["--data-dir", str(args.data_dir)]
-    if args.download:
+    if args.download:  # the authors' own files, whose training negatives are the paper's
         argv += ["--download", "--format", "libfm"]
+    elif args.negatives == "paper":
+        argv += ["--paper-negatives"]
+    else:
+        argv += ["--drop-used-negatives"]
     for option, value in REPRODUCE_SETTINGS.items():
         argv += [f"--{option}", str(value)]
     afm_path = train(parse_args(argv))

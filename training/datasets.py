@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import urllib.request
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -62,13 +62,16 @@ def load(
     seed: int = 0,
     download: bool = False,
     drop_used_negatives: bool = False,
+    paper_negatives: bool = False,
 ) -> Splits:
     """Load a named data set; `max_rows` caps every split (quick runs)."""
     data_dir = Path(data_dir) if data_dir else default_data_dir()
     if name == "synthetic":
         splits = synthetic(task, rows=max_rows or 60_000, seed=seed)
     elif name == "frappe":
-        splits = frappe(task, data_dir / "frappe", data_format, download, drop_used_negatives)
+        splits = frappe(
+            task, data_dir / "frappe", data_format, download, drop_used_negatives, paper_negatives
+        )
     elif name == "ml-100k":
         splits = movielens_100k(task, data_dir / "ml-100k", seed, download)
     else:
@@ -161,14 +164,35 @@ FRAPPE_FIELDS = [
     "city",
 ]  # fmt: skip
 FRAPPE_SOURCE = "https://raw.githubusercontent.com/hexiangnan/attentional_factorization_machine/master/data/frappe/"
-# sha256 of the files as this project expects them (see ../shared/data/SOURCE.md). The validation
-# and test files are the paper's own; the training file was rebuilt from the raw log, so a copy
-# fetched from the authors' repository may differ and is then refused rather than silently used.
+# What this project expects of each file (see ../shared/data/SOURCE.md). The validation and test
+# files are the paper's own, checked by the sha256 of their bytes. The training file here was
+# rebuilt from the raw log, so the bytes of the authors' copy are unknown: its negatives are other
+# random draws. What both must share is every log that is not a held-out positive, so the training
+# file is checked by `libfm_positives_digest`: its row counts and its positive rows.
 FRAPPE_FILES = {
-    "frappe.train.libfm": "a63ba67e17c62cfaa0e6edeb0c3cfb818d3f8bcef98c012df9328002ed0dfc92",
+    "frappe.train.libfm": "f1ecfbe3bebf8088e7253d06efd14c2f3674e4a96153d598f75186c756cced3b",
     "frappe.validation.libfm": "fdf4be563a7dd9b15f7a6e8b32671e90e6e7a2a2bd3af4e10bf13c5ad7e76e9e",
     "frappe.test.libfm": "a2ebaef3a9af8e55f8bb0d08bc4923965e42e43760ebd7635ac2f8c5db99e097",
 }
+
+
+def libfm_positives_digest(content: bytes) -> str:
+    """sha256 of a libFM file's positive and negative counts and its sorted positive rows."""
+    positives: list[bytes] = []
+    negatives = 0
+    for line in content.splitlines():
+        label, *features = line.split()
+        if float(label) > 0:
+            features.sort(key=lambda feature: int(feature.partition(b":")[0]))
+            positives.append(b" ".join(features))
+        else:
+            negatives += 1
+    positives.sort()
+    counts = f"{len(positives)} positives, {negatives} negatives\n".encode()
+    return hashlib.sha256(counts + b"\n".join(positives)).hexdigest()
+
+
+FRAPPE_DIGESTS: dict[str, Callable[[bytes], str]] = {"frappe.train.libfm": libfm_positives_digest}
 
 
 def frappe(
@@ -177,16 +201,23 @@ def frappe(
     data_format: str = "csv",
     download: bool = False,
     drop_used_negatives: bool = False,
+    paper_negatives: bool = False,
 ) -> Splits:
     """The AFM paper's frappe split: named CSV (what a backend sends) or the paper's libFM files.
 
     `drop_used_negatives` removes the training negatives whose (user, app) pair the training file
-    also logs as used (`drop_negatives_of_used_pairs`).
+    also logs as used (`drop_negatives_of_used_pairs`). `paper_negatives` replaces the training
+    file's negatives with ones drawn from the raw log as the paper's files were
+    (`sample_paper_negatives`); it needs the named CSV and `raw/frappe.csv`.
     """
+    if paper_negatives and drop_used_negatives:
+        raise ValueError("paper negatives hold no used pair: drop_used_negatives has nothing to do")
+    if paper_negatives and data_format != "csv":
+        raise ValueError("paper negatives are drawn from the raw log's named values: use the CSV")
     if data_format == "csv" and not (directory / "frappe.train.csv").exists():
         data_format = "libfm"  # the download gives the paper's libFM files
     if data_format == "libfm" and download:
-        fetch(FRAPPE_SOURCE, FRAPPE_FILES, directory)
+        fetch(FRAPPE_SOURCE, FRAPPE_FILES, directory, FRAPPE_DIGESTS)
     spec = FeatureSpec(tuple(FieldSpec(n) for n in FRAPPE_FIELDS))
     paths = [directory / f"frappe.{part}.{data_format}" for part in ("train", "validation", "test")]
     for path in paths:
@@ -207,6 +238,15 @@ def frappe(
     if drop_used_negatives:
         train = drop_negatives_of_used_pairs(train, ("user", "item"))
         fingerprint = hashlib.sha256(f"{fingerprint}:drop-used-negatives".encode()).hexdigest()
+    if paper_negatives:
+        log_path = directory / "raw" / "frappe.csv"
+        if not log_path.exists():
+            raise FileNotFoundError(
+                f"{log_path} not found: the paper's negatives are drawn from it"
+            )
+        train = sample_paper_negatives(train, validation, test, read_frappe_log(log_path))
+        fingerprint = fingerprint_files([*paths, log_path])
+        fingerprint = hashlib.sha256(f"{fingerprint}:paper-negatives".encode()).hexdigest()
     return Splits("frappe", task, spec, train, validation, test, (-1.0, 1.0), fingerprint)
 
 
@@ -228,6 +268,80 @@ def drop_negatives_of_used_pairs(table: Table, key: tuple[str, str]) -> Table:
     positive = table.label > 0  # 1 under ctr, +1 under rating
     used = np.isin(pair, pair[positive])
     return table.take(positive | ~used)
+
+
+def read_frappe_log(path: Path) -> dict[str, np.ndarray]:
+    """The raw frappe log (tab-separated, one row per logged use): the frappe fields as text."""
+    arrow = pacsv.read_csv(
+        path,
+        parse_options=pacsv.ParseOptions(delimiter="\t"),
+        convert_options=pacsv.ConvertOptions(
+            include_columns=FRAPPE_FIELDS, column_types={n: pa.string() for n in FRAPPE_FIELDS}
+        ),
+    )
+    return {n: np.asarray(arrow.column(n).to_numpy(zero_copy_only=False), dtype=str)
+            for n in FRAPPE_FIELDS}  # fmt: skip
+
+
+def sample_paper_negatives(
+    train: Table, validation: Table, test: Table, log: dict[str, np.ndarray], seed: int = 0
+) -> Table:
+    """The training positives, with negatives drawn from the full log as the paper's files were.
+
+    What the paper's validation and test files show of how their negatives were made (checked on
+    them, BENCHMARKS.md): each of the 96,203 logs got two negatives with its user and context and
+    another app; no negative pairs a user with an app that user used anywhere in the log; no
+    negative row repeats; then all rows were split at random. So a context with p logs owns 2p
+    negatives, and the training file holds those the held-out files do not: 2p minus the held-out
+    negatives with that context (never below zero on the paper's files). This draws them uniformly
+    among the apps the user never used, none repeating a negative of the same context. It consults
+    the held-out logs, as the authors' own sampling did: this is the paper's training file in all
+    but the random draw, not a split a model may be tuned on blind.
+    """
+    context_fields = [n for n in FRAPPE_FIELDS if n != "item"]
+    join = lambda columns: np.array(  # noqa: E731
+        ["\x1f".join(row) for row in zip(*(columns[n] for n in context_fields), strict=True)]
+    )
+    contexts, logs_per_context = np.unique(join(log), return_counts=True)
+    owed = dict(zip(contexts.tolist(), (2 * logs_per_context).tolist(), strict=True))
+    taken: dict[str, set[str]] = {}
+    for held_out in (validation, test):
+        negative = held_out.label <= 0
+        keys = join({n: held_out.columns[n][negative] for n in context_fields})
+        for key, item in zip(
+            keys.tolist(), held_out.columns["item"][negative].tolist(), strict=True
+        ):
+            if key not in owed:
+                raise ValueError(f"a held-out negative's context is not in the log: {key!r}")
+            owed[key] -= 1
+            taken.setdefault(key, set()).add(item)
+    if min(owed.values()) < 0:
+        raise ValueError("the held-out files hold more negatives for a context than 2 per log")
+    used: dict[str, set[str]] = {}
+    for user, item in zip(log["user"].tolist(), log["item"].tolist(), strict=True):
+        used.setdefault(user, set()).add(item)
+    apps = np.unique(log["item"])
+    app_set = set(apps.tolist())
+    rng = np.random.default_rng(seed)
+    rows: list[tuple[str, str]] = []  # (context key, app)
+    for key, count in owed.items():
+        user = key.split("\x1f", 1)[0]
+        excluded = used[user] | taken.get(key, set())
+        count = min(count, len(apps) - len(excluded & app_set))  # a user who used nearly every app
+        chosen: set[str] = set()
+        while len(chosen) < count:
+            for app in rng.choice(apps, count - len(chosen)).tolist():
+                if app not in excluded and app not in chosen and len(chosen) < count:
+                    chosen.add(app)
+        rows += [(key, app) for app in sorted(chosen)]
+    positive = train.take(train.label > 0)
+    negative_context = np.array([key.split("\x1f") for key, _ in rows], dtype=str)
+    negative_columns = {n: negative_context[:, i] for i, n in enumerate(context_fields)}
+    negative_columns["item"] = np.array([app for _, app in rows], dtype=str)
+    negative_label = np.full(len(rows), train.label.min(), dtype=np.float32)  # 0 (ctr) or -1
+    columns = {n: np.concatenate([positive.columns[n], negative_columns[n]]) for n in FRAPPE_FIELDS}
+    order = rng.permutation(len(positive) + len(rows))  # the paper's files are shuffled
+    return Table(columns, np.concatenate([positive.label, negative_label])).take(order)
 
 
 # ----------------------------------------------------------------------------------- ml-100k
@@ -294,15 +408,24 @@ def _strip_types(table: pa.Table) -> pa.Table:
 # ---------------------------------------------------------------------------------- download
 
 
-def fetch(base_url: str, files: dict[str, str], directory: Path) -> None:
-    """Download each missing file from base_url into directory, refusing a sha256 mismatch."""
+def fetch(
+    base_url: str,
+    files: dict[str, str],
+    directory: Path,
+    digests: dict[str, Callable[[bytes], str]] | None = None,
+) -> None:
+    """Download each missing file from base_url into directory, refusing a digest mismatch.
+
+    A file's digest is the sha256 of its bytes unless `digests` names another function for it.
+    """
     directory.mkdir(parents=True, exist_ok=True)
-    for name, sha256 in files.items():
+    for name, expected in files.items():
+        digest = (digests or {}).get(name, _sha256)
         target = directory / name
-        if target.exists() and sha256_file(target) == sha256:
+        if target.exists() and digest(target.read_bytes()) == expected:
             continue
         with urllib.request.urlopen(base_url + name, timeout=60) as response:
-            _write_checked(response.read(), sha256, target, base_url + name)
+            _write_checked(response.read(), expected, target, base_url + name, digest)
 
 
 def fetch_from_wheel(url: str, member_prefix: str, files: dict[str, str], directory: Path) -> None:
@@ -316,10 +439,21 @@ def fetch_from_wheel(url: str, member_prefix: str, files: dict[str, str], direct
         _write_checked(archive.read(member_prefix + name), sha256, directory / name, url)
 
 
-def _write_checked(content: bytes, sha256: str, target: Path, source: str) -> None:
-    actual = hashlib.sha256(content).hexdigest()
-    if actual != sha256:
-        raise ValueError(f"{source}: sha256 {actual} does not match the expected {sha256}")
+def _sha256(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
+
+
+def _write_checked(
+    content: bytes,
+    expected: str,
+    target: Path,
+    source: str,
+    digest: Callable[[bytes], str] = _sha256,
+) -> None:
+    actual = digest(content)
+    if actual != expected:
+        what = "sha256" if digest is _sha256 else digest.__name__
+        raise ValueError(f"{source}: {what} {actual} does not match the expected {expected}")
     with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp:
         tmp.write(content)
     shutil.move(tmp.name, target)

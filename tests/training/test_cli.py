@@ -130,10 +130,11 @@ def test_missing_data_files_end_with_a_message_naming_the_option(dataset, tmp_pa
         main([*argv, "--out", str(tmp_path / "models")])
 
 
+@pytest.mark.parametrize("option", ["--drop-used-negatives", "--paper-negatives"])
 @pytest.mark.parametrize("dataset", ["synthetic", "files"])
-def test_dropping_used_negatives_is_refused_outside_frappe(dataset):
-    with pytest.raises(SystemExit, match="--drop-used-negatives is for --dataset frappe"):
-        main(["train", "--quick", "--dataset", dataset, "--drop-used-negatives"])
+def test_frappe_negative_options_are_refused_outside_frappe(dataset, option):
+    with pytest.raises(SystemExit, match=f"{option} is for --dataset frappe"):
+        main(["train", "--quick", "--dataset", dataset, option])
 
 
 def test_help_lists_every_option(capsys):
@@ -150,6 +151,7 @@ def test_help_lists_every_option(capsys):
         "--batch-norm",
         "--lr-decay",
         "--drop-used-negatives",
+        "--paper-negatives",
         "--device",
         "--quick",
         "--seed",

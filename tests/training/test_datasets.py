@@ -73,6 +73,27 @@ def test_download_refuses_a_checksum_mismatch_and_keeps_nothing(http_server, tmp
     assert list((tmp_path / "data").iterdir()) == []
 
 
+def test_training_file_digest_covers_its_positives_and_counts_not_its_negative_draws():
+    ours = b"1 3:1 0:1\n-1 0:1 4:1\n1 1:1 5:1\n"
+    authors = b"-1 2:1 5:1\n1 1:1 5:1\n1 0:1 3:1\n"  # other negative, other order
+    digest = datasets.libfm_positives_digest
+    assert digest(ours) == digest(authors)
+    assert digest(ours) != digest(b"1 3:1 0:1\n-1 0:1 4:1\n1 2:1 5:1\n")  # a positive differs
+    assert digest(ours) != digest(ours + b"-1 2:1 4:1\n")  # one negative more
+
+
+def test_download_checks_a_file_by_its_own_digest(http_server, tmp_path):
+    remote, url = http_server
+    (remote / "train.libfm").write_bytes(b"-1 2:1 5:1\n1 1:1 5:1\n")
+    files = {"train.libfm": datasets.libfm_positives_digest(b"1 1:1 5:1\n-1 0:1 4:1\n")}
+    digests = {"train.libfm": datasets.libfm_positives_digest}
+    datasets.fetch(url, files, tmp_path / "data", digests)
+    assert (tmp_path / "data" / "train.libfm").read_bytes() == b"-1 2:1 5:1\n1 1:1 5:1\n"
+    (remote / "train.libfm").write_bytes(b"1 0:1 5:1\n-1 0:1 4:1\n")
+    with pytest.raises(ValueError, match=r"libfm_positives_digest .* does not match"):
+        datasets.fetch(url, files, tmp_path / "other", digests)
+
+
 def test_download_extracts_checked_members_from_a_wheel(http_server, tmp_path):
     remote, url = http_server
     buffer = io.BytesIO()
@@ -152,6 +173,66 @@ def test_frappe_drops_used_negatives_from_training_only(tmp_path):
     assert dropped.fingerprint != plain.fingerprint  # the bundle records which rows trained it
 
 
+def _frappe_rows(rows):
+    """(label, user, item, daytime) rows as a Table with the other frappe fields held fixed."""
+    fixed = {"weekday": "monday", "isweekend": "workday", "homework": "home", "cost": "free",
+             "weather": "sunny", "country": "France", "city": "0"}  # fmt: skip
+    columns = {
+        "user": np.array([r[1] for r in rows]),
+        "item": np.array([r[2] for r in rows]),
+        "daytime": np.array([r[3] for r in rows]),
+        **{name: np.array([value] * len(rows)) for name, value in fixed.items()},
+    }
+    return Table(columns, np.array([r[0] for r in rows], dtype=np.float32))
+
+
+def test_paper_negatives_give_each_context_two_per_log_less_the_held_out_ones():
+    apps = [f"a{i}" for i in range(12)]
+    # u1 used a0 in the morning twice and a1 at night; u2 used a2 in the morning
+    log = _frappe_rows([(1, "u1", "a0", "morning"), (1, "u1", "a0", "morning"),
+                        (1, "u1", "a1", "night"), (1, "u2", "a2", "morning")]
+                       + [(1, "u3", app, "noon") for app in apps])  # u3 makes the app list  # fmt: skip
+    log_columns = log.columns
+    train = _frappe_rows([(1, "u1", "a0", "morning"), (1, "u1", "a1", "night"),
+                          (-1, "u1", "a0", "noon")] + [(1, "u3", app, "noon") for app in apps])  # fmt: skip
+    validation = _frappe_rows([(1, "u1", "a0", "morning"), (-1, "u1", "a5", "morning")])
+    test = _frappe_rows([(1, "u2", "a2", "morning"), (-1, "u2", "a6", "morning")])
+    sampled = datasets.sample_paper_negatives(train, validation, test, log_columns, seed=3)
+
+    positive = sampled.label > 0
+    assert sorted(zip(sampled.columns["user"][positive], sampled.columns["item"][positive],
+                      strict=True)) == sorted(zip(train.columns["user"][train.label > 0],
+                                                  train.columns["item"][train.label > 0],
+                                                  strict=True))  # fmt: skip
+    negative = sampled.take(~positive)
+    assert set(negative.label) == {-1.0}
+    per_context = {}
+    for user, daytime, item in zip(negative.columns["user"], negative.columns["daytime"],
+                                   negative.columns["item"], strict=True):  # fmt: skip
+        per_context.setdefault((user, daytime), []).append(item)
+    # (u1, morning): 2 logs, 1 held-out negative -> 3; (u1, night): 2; (u2, morning): 2 - 1 -> 1;
+    # (u3, noon): 24 owed, but u3 used every app: none can be drawn, so the context is left short
+    assert {k: len(v) for k, v in per_context.items() if k[0] != "u3"} == {
+        ("u1", "morning"): 3, ("u1", "night"): 2, ("u2", "morning"): 1,
+    }  # fmt: skip
+    assert ("u3", "noon") not in per_context
+    assert not set(per_context[("u1", "morning")]) & {"a0", "a1", "a5"}  # used, or held out
+    assert not set(per_context[("u1", "night")]) & {"a0", "a1"}
+    assert "a2" not in per_context[("u2", "morning")] and "a6" not in per_context[("u2", "morning")]
+    for items in per_context.values():
+        assert len(set(items)) == len(items)  # no negative row repeats
+    again = datasets.sample_paper_negatives(train, validation, test, log_columns, seed=3)
+    assert np.array_equal(again.columns["item"], sampled.columns["item"])
+
+
+def test_paper_negatives_refuse_held_out_files_with_more_than_two_negatives_per_log():
+    log = _frappe_rows([(1, "u1", "a0", "morning"), (1, "u2", "a1", "morning")]).columns
+    train = _frappe_rows([(1, "u2", "a1", "morning")])
+    validation = _frappe_rows([(-1, "u1", f"a{i}", "morning") for i in (1, 2, 3)])
+    with pytest.raises(ValueError, match="more negatives for a context than 2 per log"):
+        datasets.sample_paper_negatives(train, validation, _frappe_rows([]), log)
+
+
 FRAPPE = datasets.default_data_dir() / "frappe"
 
 
@@ -169,3 +250,30 @@ def test_frappe_paper_files_hold_no_used_negatives_and_the_rebuilt_training_file
     dropped = datasets.load("frappe", "rating", drop_used_negatives=True)
     assert len(splits.train) - len(dropped.train) == 1_012
     assert (dropped.train.label > 0).sum() == (splits.train.label > 0).sum()
+
+
+@pytest.mark.frappe
+@pytest.mark.skipif(not (FRAPPE / "raw" / "frappe.csv").exists(), reason="frappe log not available")
+def test_frappe_paper_negatives_have_the_paper_files_counts_and_no_used_pair():
+    shipped = datasets.load("frappe", "rating")
+    paper = datasets.load("frappe", "rating", paper_negatives=True)
+    assert len(paper.train) == len(shipped.train) == 202_027  # the paper's training-file size
+    assert (paper.train.label > 0).sum() == (shipped.train.label > 0).sum() == 67_604
+    assert len(datasets.drop_negatives_of_used_pairs(paper.train, ("user", "item"))) == len(
+        paper.train
+    )
+    negative = paper.train.take(paper.train.label < 0)
+    rows = set(zip(*(negative.columns[n].tolist() for n in datasets.FRAPPE_FIELDS), strict=True))
+    assert len(rows) == len(negative)
+    assert np.array_equal(paper.test.label, shipped.test.label)
+    assert paper.fingerprint != shipped.fingerprint
+
+
+@pytest.mark.frappe
+@pytest.mark.skipif(
+    not (FRAPPE / "frappe.train.libfm").exists(), reason="frappe data not available"
+)
+def test_the_frappe_files_at_hand_pass_the_download_checks():
+    for name, expected in datasets.FRAPPE_FILES.items():
+        digest = datasets.FRAPPE_DIGESTS.get(name, datasets._sha256)
+        assert digest((FRAPPE / name).read_bytes()) == expected, name
