@@ -318,9 +318,9 @@ def train(args: argparse.Namespace) -> Path:
             seed=args.seed, device=args.device, label_range=splits.label_range,
         )  # fmt: skip
 
-    def run(model: AFM, cfg: TrainConfig, bundle_name: str) -> Path:
+    def run(model: AFM, cfg: TrainConfig, bundle_name: str, from_trained: bool = False) -> Path:
         batch_norm = model.config.batch_norm  # fit folds it away
-        history = fit(model, train_data, valid_data, cfg, bundle_name)
+        history = fit(model, train_data, valid_data, cfg, bundle_name, from_trained)
         model.cpu()
         test_metrics = evaluate(model, test_data, TrainConfig(**{**cfg.to_dict(), "device": "cpu"}))
         print(
@@ -408,9 +408,9 @@ def train(args: argparse.Namespace) -> Path:
         model.load_fm_embeddings(init, args.fm_start)
         if args.freeze_embeddings:
             model.freeze_fm_parameters()
-    path = run(
-        model, config(args.lr, args.epochs, args.optimizer, args.batch_size, args.lr_decay), name
-    )
+    # a model started from a trained one is published as that start if no epoch beats it
+    cfg = config(args.lr, args.epochs, args.optimizer, args.batch_size, args.lr_decay)
+    path = run(model, cfg, name, from_trained=init is not None)
     print(f"done in {time.perf_counter() - started:.0f}s", flush=True)
     return path
 

@@ -142,9 +142,18 @@ def evaluate(model: AFM, data: Tensors, config: TrainConfig) -> dict[str, float]
 
 
 def fit(
-    model: AFM, train: Tensors, validation: Tensors, config: TrainConfig, name: str = "model"
+    model: AFM,
+    train: Tensors,
+    validation: Tensors,
+    config: TrainConfig,
+    name: str = "model",
+    start_is_candidate: bool = False,
 ) -> History:
-    """Train with early stopping on the validation metric; the best epoch's weights are restored."""
+    """Train with early stopping on the validation metric; the best epoch's weights are restored.
+
+    `start_is_candidate`: the weights it starts from (a trained FM's, say) count as epoch 0, so
+    a run that never beats them returns them rather than its least bad epoch.
+    """
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     model.to(config.device)
@@ -162,6 +171,9 @@ def fit(
         else None
     )
     history, best_state, stale, speeds = History(), copy.deepcopy(model.state_dict()), 0, []
+    if start_is_candidate:
+        history.best = evaluate(model, validation, config)
+        print(f"{name} start: " + "  ".join(f"valid {k} {v:.4f}" for k, v in history.best.items()))
     for epoch in range(1, config.epochs + 1):
         loss, speed = train_one_epoch(
             model, optimizer, train, config, generator, f"{name} {epoch}/{config.epochs}"

@@ -40,3 +40,19 @@ def test_constant_rate_by_default_and_early_stopping_after_patience():
     history = fit(model, noise_data(512, 0), noise_data(256, 1), config)
     assert {e["lr"] for e in history.epochs} == {config.lr}
     assert len(history.epochs) == history.best_epoch + config.patience < config.epochs
+
+
+def test_a_started_model_that_no_epoch_improves_is_returned_as_it_started():
+    model = AFM(AFMConfig(num_features=90, num_fields=3, embedding_dim=4, attention=False))
+    train, validation = noise_data(512, 0), noise_data(256, 1)
+    # a step far too large: every epoch lands worse than the start
+    config = TrainConfig(task="rating", epochs=5, batch_size=64, lr=5.0, patience=2)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    history = fit(model, train, validation, config, start_is_candidate=True)
+    assert history.best_epoch == 0
+    assert all(e["valid_rmse"] > history.best["rmse"] for e in history.epochs)
+    assert len(history.epochs) == config.patience
+    assert all(torch.equal(v, start[k]) for k, v in model.state_dict().items())
+    # without it the least bad epoch comes back
+    model.load_state_dict(start)
+    assert fit(model, train, validation, config).best_epoch >= 1
