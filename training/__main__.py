@@ -225,12 +225,12 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--drop-used-negatives",
         action="store_true",
-        help="frappe: drop the training negatives that pair a user with an app the training file logs them using (the paper's negatives never do; make reproduce sets it)",
+        help="frappe: drop the training negatives that pair a user with an app the training file logs them using (the paper's negatives never do; reads the training file alone)",
     )
     parser.add_argument(
         "--paper-negatives",
         action="store_true",
-        help="frappe: replace the training negatives with ones drawn from raw/frappe.csv the way the paper's files were (2 per log with its context, among apps the user never used; consults the held-out logs, as the authors' sampling did)",
+        help="frappe: replace the training negatives with ones drawn from raw/frappe.csv the way the paper's files were (2 per log with its context, among apps the user never used; consults the held-out logs, as the authors' sampling did; make reproduce sets it)",
     )
     parser.add_argument("--max-rows", type=int, help="use at most this many rows of each split")
     parser.add_argument(
@@ -460,8 +460,21 @@ REPRODUCE_SETTINGS: dict[str, Any] = {
 
 def reproduce(args: argparse.Namespace) -> None:
     """FM, then AFM started from FM's embeddings, on the paper's frappe split (rating on ±1)."""
-    # --drop-used-negatives: the rebuilt training file's 1,012 negatives that contradict one of its
-    # positives cost FM 0.005 and AFM 0.003 of test RMSE (BENCHMARKS.md)
+    afm_path = train(parse_args(reproduce_argv(args)))
+    from training import bundle
+
+    afm = bundle.read(afm_path).manifest
+    fm = bundle.read(bundle.resolve(args.out, "frappe-fm")).manifest
+    print("\nfrappe test RMSE (paper: AFM 0.3102, LibFM 0.3385)")
+    print(f"  FM   {fm['metrics']['test']['rmse']:.4f}   {args.out}/frappe-fm/{fm['version']}")
+    print(f"  AFM  {afm['metrics']['test']['rmse']:.4f}   {args.out}/frappe-afm/{afm['version']}")
+
+
+def reproduce_argv(args: argparse.Namespace) -> list[str]:
+    """The `train` command line that `reproduce` runs."""
+    # The training file at hand was rebuilt with other negatives than the paper's: --paper-negatives
+    # draws them again as the paper's validation and test files show theirs were drawn; --negatives
+    # file keeps the rebuilt file's own, less the 1,012 that contradict its positives (BENCHMARKS.md)
     argv = ["train", "--dataset", "frappe", "--task", "rating", "--model", "afm", "--pretrain-fm",
             "--name", "frappe-afm", "--out", str(args.out), "--seed", str(args.seed),
             "--threads", str(args.threads), "--device", args.device]  # fmt: skip
@@ -475,14 +488,7 @@ def reproduce(args: argparse.Namespace) -> None:
         argv += ["--drop-used-negatives"]
     for option, value in REPRODUCE_SETTINGS.items():
         argv += [f"--{option}", str(value)]
-    afm_path = train(parse_args(argv))
-    from training import bundle
-
-    afm = bundle.read(afm_path).manifest
-    fm = bundle.read(bundle.resolve(args.out, "frappe-fm")).manifest
-    print("\nfrappe test RMSE (paper: AFM 0.3102, LibFM 0.3385)")
-    print(f"  FM   {fm['metrics']['test']['rmse']:.4f}   {args.out}/frappe-fm/{fm['version']}")
-    print(f"  AFM  {afm['metrics']['test']['rmse']:.4f}   {args.out}/frappe-afm/{afm['version']}")
+    return argv
 
 
 def main(argv: list[str] | None = None) -> None:

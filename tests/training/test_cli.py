@@ -6,7 +6,7 @@ import pytest
 
 from tests.conftest import train_tiny
 from training import bundle
-from training.__main__ import main
+from training.__main__ import main, parse_args, reproduce_argv
 
 
 def test_quick_training_publishes_a_complete_bundle(tmp_path, capsys):
@@ -135,6 +135,29 @@ def test_missing_data_files_end_with_a_message_naming_the_option(dataset, tmp_pa
 def test_frappe_negative_options_are_refused_outside_frappe(dataset, option):
     with pytest.raises(SystemExit, match=f"{option} is for --dataset frappe"):
         main(["train", "--quick", "--dataset", dataset, option])
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [(["--format", "libfm"], "use the CSV"), (["--drop-used-negatives"], "nothing to do")],
+)
+def test_paper_negatives_refuse_what_they_cannot_draw_from_with_a_message(extra, message):
+    with pytest.raises(SystemExit, match=message):
+        main(["train", "--quick", "--dataset", "frappe", "--paper-negatives", *extra])
+
+
+@pytest.mark.parametrize(
+    ("options", "negatives"),
+    [([], "--paper-negatives"), (["--negatives", "file"], "--drop-used-negatives"),
+     (["--download"], None)],
+)  # fmt: skip
+def test_reproduce_trains_on_the_negatives_it_is_told(options, negatives):
+    argv = reproduce_argv(parse_args(["reproduce", "--seed", "3", *options]))
+    train = parse_args(argv)  # every recipe setting is a train option
+    assert (train.dataset, train.model, train.pretrain_fm, train.seed) == ("frappe", "afm", True, 3)
+    assert train.paper_negatives == (negatives == "--paper-negatives")
+    assert train.drop_used_negatives == (negatives == "--drop-used-negatives")
+    assert train.download == (negatives is None)
 
 
 def test_help_lists_every_option(capsys):
