@@ -225,6 +225,9 @@ def frappe(
             raise FileNotFoundError(
                 f"{path} not found: pass --data-dir, the folder that holds frappe/, or --download"
             )
+    log_path = directory / "raw" / "frappe.csv"
+    if paper_negatives and not log_path.exists():
+        raise FileNotFoundError(f"{log_path} not found: the paper's negatives are drawn from it")
     if data_format == "libfm":
         tables = [read_libfm(p, FRAPPE_FIELDS) for p in paths]
     elif data_format == "csv":
@@ -234,25 +237,28 @@ def frappe(
     for t in tables:  # libFM labels are ±1, the CSV's 1/0: bring both to the task's convention
         t.label = _task_labels((t.label > 0).astype(np.float32), task, binary=True)
     train, validation, test = tables
-    fingerprint = fingerprint_files(paths)
+    fingerprint = fingerprint_files([*paths, log_path] if paper_negatives else paths)
     if drop_used_negatives:
         train = drop_negatives_of_used_pairs(train, ("user", "item"))
         fingerprint = hashlib.sha256(f"{fingerprint}:drop-used-negatives".encode()).hexdigest()
     if paper_negatives:
-        log_path = directory / "raw" / "frappe.csv"
-        if not log_path.exists():
-            raise FileNotFoundError(
-                f"{log_path} not found: the paper's negatives are drawn from it"
-            )
         train = sample_paper_negatives(train, validation, test, read_frappe_log(log_path))
-        fingerprint = fingerprint_files([*paths, log_path])
         fingerprint = hashlib.sha256(f"{fingerprint}:paper-negatives".encode()).hexdigest()
     return Splits("frappe", task, spec, train, validation, test, (-1.0, 1.0), fingerprint)
 
 
+def row_keys(columns: dict[str, np.ndarray], names: Iterable[str]) -> np.ndarray:
+    """One string per row joining its raw values of the named fields, e.g. (user, app)."""
+    first, *rest = names
+    keys = columns[first].astype(str, copy=False)  # an empty column may not be text
+    for name in rest:
+        keys = np.char.add(np.char.add(keys, "\x1f"), columns[name].astype(str, copy=False))
+    return keys
+
+
 def pair_keys(table: Table, key: tuple[str, str]) -> np.ndarray:
     """One string per row for its `key` pair of raw values, e.g. (user, app)."""
-    return np.char.add(np.char.add(table.columns[key[0]], "\x1f"), table.columns[key[1]])
+    return row_keys(table.columns, key)
 
 
 def drop_negatives_of_used_pairs(table: Table, key: tuple[str, str]) -> Table:
@@ -299,15 +305,12 @@ def sample_paper_negatives(
     but the random draw, not a split a model may be tuned on blind.
     """
     context_fields = [n for n in FRAPPE_FIELDS if n != "item"]
-    join = lambda columns: np.array(  # noqa: E731
-        ["\x1f".join(row) for row in zip(*(columns[n] for n in context_fields), strict=True)]
-    )
-    contexts, logs_per_context = np.unique(join(log), return_counts=True)
+    contexts, logs_per_context = np.unique(row_keys(log, context_fields), return_counts=True)
     owed = dict(zip(contexts.tolist(), (2 * logs_per_context).tolist(), strict=True))
     taken: dict[str, set[str]] = {}
     for held_out in (validation, test):
         negative = held_out.label <= 0
-        keys = join({n: held_out.columns[n][negative] for n in context_fields})
+        keys = row_keys({n: held_out.columns[n][negative] for n in context_fields}, context_fields)
         for key, item in zip(
             keys.tolist(), held_out.columns["item"][negative].tolist(), strict=True
         ):
