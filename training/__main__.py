@@ -100,7 +100,7 @@ def build_parser(quick: bool = False) -> argparse.ArgumentParser:
     train.add_argument(
         "--init-from",
         type=Path,
-        help="a published FM (or AFM) bundle whose embeddings and vocabularies start this model (the paper's FM pre-training)",
+        help="a published FM bundle whose embeddings and vocabularies start this model (the paper's FM pre-training); an AFM bundle starts an AFM from all its weights",
     )
     train.add_argument(
         "--freeze-embeddings",
@@ -405,7 +405,13 @@ def train(args: argparse.Namespace) -> Path:
             sys.exit(
                 "--init-from: that bundle's vocabularies or embedding size differ from this model's"
             )
-        model.load_fm_embeddings(init, args.fm_start)
+        if init.config.attention and model.config.attention:
+            if init.config.attention_dim != args.attention_dim:
+                sys.exit("--init-from: that AFM bundle's attention size differs from this model's")
+            # an AFM goes on from all its weights (a second phase at another rate, say)
+            model.load_state_dict(init.state_dict())
+        else:
+            model.load_fm_embeddings(init, args.fm_start)
         if args.freeze_embeddings:
             model.freeze_fm_parameters()
     # a model started from a trained one is published as that start if no epoch beats it

@@ -73,6 +73,20 @@ def test_rating_task_with_fm_pretraining_publishes_fm_then_afm(tmp_path):
     assert by_hand["history"] == afm.manifest["history"] and by_hand["bias"] == afm.manifest["bias"]
 
 
+def test_an_afm_started_from_an_afm_bundle_goes_on_from_all_its_weights(tmp_path, capsys):
+    first = train_tiny(tmp_path, "--task", "rating", "--name", "a")
+    capsys.readouterr()
+    train_tiny(
+        tmp_path, "--task", "rating", "--name", "b", "--init-from", str(first), "--lr", "1e-4"
+    )
+    start = next(line for line in capsys.readouterr().out.splitlines() if " start: " in line)
+    # the attention network comes along too: the start scores exactly as the first model did
+    first_rmse = bundle.read(first).manifest["metrics"]["validation"]["rmse"]
+    assert start.startswith(f"b start: valid rmse {first_rmse:.4f}")
+    with pytest.raises(SystemExit, match="attention size differs"):
+        train_tiny(tmp_path, "--task", "rating", "--init-from", str(first), "--attention-dim", "3")
+
+
 def test_fm_trained_with_batch_norm_publishes_a_plain_fm(tmp_path, capsys):
     main(["train", "--quick", "--task", "rating", "--model", "fm", "--batch-norm",
           "--name", "bn", "--out", str(tmp_path)])  # fmt: skip
