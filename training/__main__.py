@@ -111,7 +111,7 @@ def build_parser(quick: bool = False) -> argparse.ArgumentParser:
         "--fm-start",
         choices=["exact", "authors"],
         default="exact",
-        help="with --init-from or --pretrain-fm: 'exact' scales v by sqrt(P), zeroes h and divides W by P so AFM starts as the FM predicts and its attention network sees FM's pair scale; 'authors' copies v and keeps a random attention network, as the authors' AFM.py",
+        help="with --init-from or --pretrain-fm: 'exact' scales v by sqrt(P), zeroes h, divides W by P and makes b non-negative, so AFM starts as the FM predicts, its attention network sees FM's pair scale and every hidden unit starts on; 'authors' copies v and keeps a random attention network, as the authors' AFM.py",
     )
     train.add_argument(
         "--pretrain-fm",

@@ -160,7 +160,8 @@ class AFM(nn.Module):
         start="exact": FM sums the P pair terms while a fresh AFM averages them (uniform softmax,
         p = 1), so v is scaled by sqrt(P) and h is zeroed: (sqrt(P) v_i) ⊙ (sqrt(P) v_j) / P =
         v_i ⊙ v_j, and AFM starts exactly as the FM predicts. W is divided by P, so W applied to
-        the scaled pairs is the fresh W applied to FM's own.
+        the scaled pairs is the fresh W applied to FM's own, and b is made non-negative, so every
+        hidden unit starts on.
         start="authors": as the authors' AFM.py, v is copied unscaled and the attention network
         keeps its random start, so the first predictions average FM's pair terms and AFM re-learns
         their scale; the attention network learns during that re-fit rather than from an
@@ -180,6 +181,9 @@ class AFM(nn.Module):
                 # Without it the AFM phase's start depended much more on the seed (BENCHMARKS.md,
                 # fifth pass).
                 self.attention_w.weight.div_(num_pairs)
+                # W / P is small next to b, so a unit with b < 0 would be off on every pair and
+                # never get a gradient: with b = |b| every unit starts on (BENCHMARKS.md, eighth pass)
+                self.attention_w.bias.abs_()
             scale = math.sqrt(num_pairs) if rescale else 1.0
             self.embedding.weight.copy_(fm.embedding.weight * scale)
             if start == "exact":

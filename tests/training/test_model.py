@@ -100,6 +100,17 @@ def test_exact_start_gives_the_attention_network_fm_scale_inputs():
     assert not torch.allclose(afm.attention_w.weight, fresh)
 
 
+def test_exact_start_turns_every_attention_unit_on():
+    # FM's pair vectors are small next to b (a fresh FM's here), so b's sign decides each unit:
+    # one that started with b < 0 would be off on every pair and never learn
+    fm = AFM(AFMConfig(40, F, K, 4, attention=False))
+    afm = AFM(AFMConfig(40, F, K, 4, attention=True)).eval()
+    afm.load_fm_embeddings(fm)
+    v = afm.embedding(random_rows()[0])  # (B, F, k)
+    hidden = afm.attention_w(v[:, afm.pair_i] * v[:, afm.pair_j])  # (B, P, t)
+    assert (hidden > 0).all()
+
+
 def fm_trained_with_batch_norm() -> AFM:
     """An FM whose batch norm has learnt gamma, beta and running statistics away from 1 and 0."""
     torch.manual_seed(0)
