@@ -72,6 +72,40 @@ class History:
     train_rows_per_second: float = 0.0
 
 
+@dataclass
+class EarlyStopping:
+    """Which epoch to keep, and when to stop.
+
+    A trained start (an FM's weights, say) is a candidate to keep but not the bar that patience
+    runs against: an AFM phase whose first epochs fall below its FM and then climb back keeps
+    training while its own epochs improve (BENCHMARKS.md, eighth pass).
+    """
+
+    patience: int
+    higher_is_better: bool
+    best: float | None = None  # the best score so far, a start included: the one fit returns
+    best_trained: float | None = None  # the best score of a trained epoch: what patience watches
+    stale: int = 0  # epochs since best_trained last improved
+
+    def better(self, score: float, than: float | None) -> bool:
+        return than is None or (score > than if self.higher_is_better else score < than)
+
+    def update(self, score: float) -> bool:
+        """Record an epoch's score; True when it is the best so far, a start included."""
+        if self.better(score, self.best_trained):
+            self.best_trained, self.stale = score, 0
+        else:
+            self.stale += 1
+        if self.better(score, self.best):
+            self.best = score
+            return True
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.stale >= self.patience
+
+
 def make_optimizer(model: AFM, config: TrainConfig) -> torch.optim.Optimizer:
     if config.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -151,8 +185,9 @@ def fit(
 ) -> History:
     """Train with early stopping on the validation metric; the best epoch's weights are restored.
 
-    `start_is_candidate`: the weights it starts from (a trained FM's, say) count as epoch 0, so
-    a run that never beats them returns them rather than its least bad epoch.
+    `start_is_candidate`: the weights it starts from (a trained FM's, say) are epoch 0 of the
+    choice, so a run that never beats them returns them rather than its least bad epoch; patience
+    still counts against the trained epochs alone (`EarlyStopping`).
     """
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
@@ -170,9 +205,11 @@ def fit(
         if config.lr_decay < 1.0
         else None
     )
-    history, best_state, stale, speeds = History(), copy.deepcopy(model.state_dict()), 0, []
+    history, best_state, speeds = History(), copy.deepcopy(model.state_dict()), []
+    stopping = EarlyStopping(config.patience, higher_is_better)
     if start_is_candidate:
         history.best = evaluate(model, validation, config)
+        stopping.best = history.best[metric]
         print(f"{name} start: " + "  ".join(f"valid {k} {v:.4f}" for k, v in history.best.items()))
     for epoch in range(1, config.epochs + 1):
         loss, speed = train_one_epoch(
@@ -191,18 +228,11 @@ def fit(
             + f"  lr {lr:.3g}  ({speed:,.0f} rows/s)",
             flush=True,
         )
-        improved = not history.best or (
-            scores[metric] > history.best[metric]
-            if higher_is_better
-            else scores[metric] < history.best[metric]
-        )
-        if improved:
-            history.best, history.best_epoch, stale = scores, epoch, 0
+        if stopping.update(scores[metric]):
+            history.best, history.best_epoch = scores, epoch
             best_state = copy.deepcopy(model.state_dict())
-        else:
-            stale += 1
-            if stale >= config.patience:
-                break
+        if stopping.should_stop:
+            break
         if scheduler is not None:
             scheduler.step(scores[metric])
     model.load_state_dict(best_state)

@@ -3,7 +3,7 @@
 import torch
 
 from training.model import AFM, AFMConfig
-from training.trainer import Tensors, TrainConfig, fit
+from training.trainer import EarlyStopping, Tensors, TrainConfig, fit
 
 
 def noise_data(rows: int, seed: int) -> Tensors:
@@ -51,8 +51,18 @@ def test_a_started_model_that_no_epoch_improves_is_returned_as_it_started():
     history = fit(model, train, validation, config, start_is_candidate=True)
     assert history.best_epoch == 0
     assert all(e["valid_rmse"] > history.best["rmse"] for e in history.epochs)
-    assert len(history.epochs) == config.patience
     assert all(torch.equal(v, start[k]) for k, v in model.state_dict().items())
     # without it the least bad epoch comes back
     model.load_state_dict(start)
     assert fit(model, train, validation, config).best_epoch >= 1
+
+
+def test_patience_runs_against_the_trained_epochs_while_the_start_stays_a_candidate():
+    # RMSE, lower is better; a trained start at 0.30 that the first epochs fall below
+    stopping = EarlyStopping(patience=2, higher_is_better=False, best=0.30)
+    kept = [stopping.update(score) for score in (0.34, 0.33, 0.32, 0.31, 0.29)]
+    assert kept == [False, False, False, False, True] and not stopping.should_stop
+    assert [stopping.update(score) for score in (0.295, 0.292)] == [False, False]
+    assert stopping.should_stop and stopping.best == 0.29
+    # without a start the first epoch is the first best
+    assert EarlyStopping(patience=1, higher_is_better=True).update(0.5)
