@@ -405,13 +405,10 @@ def train(args: argparse.Namespace) -> Path:
             sys.exit(
                 "--init-from: that bundle's vocabularies or embedding size differ from this model's"
             )
-        if init.config.attention and model.config.attention:
-            if init.config.attention_dim != args.attention_dim:
-                sys.exit("--init-from: that AFM bundle's attention size differs from this model's")
-            # an AFM goes on from all its weights (a second phase at another rate, say)
-            model.load_state_dict(init.state_dict())
-        else:
-            model.load_fm_embeddings(init, args.fm_start)
+        both_afm = init.config.attention and model.config.attention  # then all weights carry over
+        if both_afm and init.config.attention_dim != args.attention_dim:
+            sys.exit("--init-from: that AFM bundle's attention size differs from this model's")
+        model.load_fm_embeddings(init, args.fm_start)
         if args.freeze_embeddings:
             model.freeze_fm_parameters()
     # a model started from a trained one is published as that start if no epoch beats it

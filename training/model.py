@@ -166,13 +166,18 @@ class AFM(nn.Module):
         keeps its random start, so the first predictions average FM's pair terms and AFM re-learns
         their scale; the attention network learns during that re-fit rather than from an
         optimum's residuals.
+        An AFM started from an AFM goes on from all its weights, attention network included,
+        whatever `start` says (a second phase at another rate, say).
         """
         if start not in ("exact", "authors"):
             raise ValueError(f"start must be 'exact' or 'authors', not {start!r}")
+        if self.config.attention and fm.config.attention:
+            self.load_state_dict(fm.state_dict())
+            return
         with torch.no_grad():
             self.bias.copy_(fm.bias)
             self.linear.weight.copy_(fm.linear.weight)
-            rescale = start == "exact" and self.config.attention and not fm.config.attention
+            rescale = start == "exact" and self.config.attention  # fm is a plain FM here
             num_pairs = len(self.pair_i)
             if rescale:
                 self.attention_h.zero_()  # a uniform first softmax: AFM starts as the FM
