@@ -4,9 +4,12 @@ of each row's (user, app) pair.
     python -m benchmarks.frappe_errors models/frappe-afm/1 [more bundles] [--split test]
 
 A pair is "used" when the training file logs the user using the app, "negative only" when it
-holds the pair only as a sampled negative, and "unseen" otherwise. Scores come from the bundle's
-ONNX graph through onnxruntime. `--negatives` names the training rows the bundles learnt from:
+holds the pair only as a sampled negative, and "unseen" otherwise. Scores and attention come from
+the bundle's ONNX graph through onnxruntime. `--negatives` names the training rows the bundles learnt from:
 `paper` (--paper-negatives, what `make reproduce` trains on) or `file` (--drop-used-negatives).
+
+It also says how far each row's attention is from uniform (1/P on each of the P pairs): a mean over
+the pairs can look flat because rows disagree, or because every row is flat.
 """
 
 from __future__ import annotations
@@ -54,6 +57,26 @@ def breakdown(kinds: np.ndarray, label: np.ndarray, score: np.ndarray) -> list[G
     return groups
 
 
+@dataclass
+class Spread:
+    pairs: int
+    row_std: float  # the standard deviation of a row's P weights, averaged over the rows
+    row_max: float  # a row's largest weight, averaged over the rows
+    rows_over_twice_uniform: float  # the share of rows with some weight above 2 / P
+
+
+def attention_spread(attention: np.ndarray) -> Spread:
+    """How far the rows of an (N, P) attention matrix are from the uniform 1/P."""
+    pairs = attention.shape[1]
+    largest = attention.max(axis=1)
+    return Spread(
+        pairs,
+        float(attention.std(axis=1).mean()),
+        float(largest.mean()),
+        float((largest > 2.0 / pairs).mean()),
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.frappe_errors", description=__doc__)
     parser.add_argument("bundles", nargs="+", type=Path, help="published frappe rating bundles")
@@ -69,13 +92,19 @@ def main(argv: list[str] | None = None) -> None:
     table = getattr(splits, args.split)
     kinds = pair_kinds(splits.train, table)
     for path in args.bundles:
-        score = bundle.read(path).score(table.columns)
+        outputs = bundle.read(path).run(table.columns, ["score", "attention"])
+        score, spread = outputs["score"], attention_spread(outputs["attention"])
         rmse = metrics.compute("rating", table.label, score, splits.label_range)["rmse"]
         print(f"\n{path}, {args.split} RMSE {rmse:.4f}\n")
         print("| label | (user, app) in training | rows | MSE | share of squared error |")
         print("|---|---|---|---|---|")
         for g in breakdown(kinds, table.label, score):
             print(f"| {g.label:+.0f} | {g.kind} | {g.rows:,} | {g.mse:.4f} | {g.share:.3f} |")
+        print(
+            f"\nattention per row, against uniform 1/{spread.pairs} = {1 / spread.pairs:.4f}: "
+            f"std {spread.row_std:.4f}, largest weight {spread.row_max:.4f}, "
+            f"rows with a weight above 2/{spread.pairs}: {spread.rows_over_twice_uniform:.1%}"
+        )
 
 
 if __name__ == "__main__":

@@ -104,12 +104,19 @@ class Bundle:
 
     def score(self, columns: Mapping[str, np.ndarray], batch_size: int = 8192) -> np.ndarray:
         """The graph's `score` output (after the link) for raw feature columns, in batches."""
+        return self.run(columns, ["score"], batch_size)["score"]
+
+    def run(
+        self, columns: Mapping[str, np.ndarray], outputs: list[str], batch_size: int = 8192
+    ) -> dict[str, np.ndarray]:
+        """The named graph outputs (`score`, `attention`, ...) for raw feature columns, in batches."""
         encoded = self.encoder.encode(columns)
         session = self.session()
-        return np.concatenate([
-            session.run(["score"], {"feature_index": encoded.index[s : s + batch_size], "feature_value": encoded.value[s : s + batch_size]})[0]
+        batches = [
+            session.run(outputs, {"feature_index": encoded.index[s : s + batch_size], "feature_value": encoded.value[s : s + batch_size]})
             for s in range(0, len(encoded.index), batch_size)
-        ])  # fmt: skip
+        ]  # fmt: skip
+        return {name: np.concatenate([b[i] for b in batches]) for i, name in enumerate(outputs)}
 
 
 def read(path: Path | str) -> Bundle:

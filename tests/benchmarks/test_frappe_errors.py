@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from benchmarks.frappe_errors import breakdown, pair_kinds
+from benchmarks.frappe_errors import attention_spread, breakdown, pair_kinds
 from training.readers import Table
 
 
@@ -32,3 +32,13 @@ def test_squared_error_is_split_by_label_and_kind_on_clipped_scores():
     assert groups[(1.0, "used")].mse == 0.0
     assert groups[(1.0, "unseen")].share == pytest.approx(0.5)
     assert (groups[(-1.0, "unseen")].rows, groups[(-1.0, "unseen")].mse) == (2, 0.5)
+
+
+def test_attention_spread_tells_flat_rows_from_peaked_ones():
+    uniform = np.full((2, 4), 0.25)
+    peaked = np.array([[0.7, 0.1, 0.1, 0.1], [0.25, 0.25, 0.25, 0.25]])
+    flat, spread = attention_spread(uniform), attention_spread(peaked)
+    assert (flat.pairs, flat.row_std, flat.row_max, flat.rows_over_twice_uniform) == (4, 0, 0.25, 0)
+    assert spread.row_max == pytest.approx((0.7 + 0.25) / 2)
+    assert spread.row_std == pytest.approx(np.std([0.7, 0.1, 0.1, 0.1]) / 2)
+    assert spread.rows_over_twice_uniform == 0.5  # the first row's 0.7 is above 2/4

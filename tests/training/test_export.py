@@ -79,6 +79,20 @@ def test_raw_is_bias_plus_contributions_and_attention_rows_sum_to_one(tiny_bundl
     np.testing.assert_allclose(attention.sum(1), 1.0, atol=1e-5)
 
 
+def test_run_scores_raw_columns_in_batches_as_one_session_call_does(tiny_bundle):
+    loaded = bundle.read(tiny_bundle)
+    table = datasets.synthetic("ctr", rows=5000, seed=1).train.take(slice(0, 300))
+    encoded = loaded.encoder.encode(table.columns)
+    whole = loaded.session().run(
+        ["score", "attention"],
+        {"feature_index": encoded.index, "feature_value": encoded.value},
+    )
+    batched = loaded.run(table.columns, ["score", "attention"], batch_size=128)  # 128, 128, 44
+    np.testing.assert_allclose(batched["score"], whole[0], atol=1e-6)
+    np.testing.assert_allclose(batched["attention"], whole[1], atol=1e-6)
+    assert batched["attention"].shape == (300, len(loaded.pairs))
+
+
 def test_bundle_declares_what_the_service_needs(tiny_bundle):
     manifest = bundle.read(tiny_bundle).manifest
     for key in ("format_version", "name", "version", "task", "link", "fields", "pairs", "io", "metrics",
