@@ -59,6 +59,11 @@ def build_parser(quick: bool = False) -> argparse.ArgumentParser:
         "--l2-attention", type=float, default=0.0, help="L2 weight on the attention network's W"
     )
     train.add_argument(
+        "--attention-lr",
+        type=float,
+        help="learning rate of the attention network's W and b (default: --lr); AFM only",
+    )
+    train.add_argument(
         "--weight-decay",
         type=float,
         default=0.0,
@@ -313,7 +318,8 @@ def train(args: argparse.Namespace) -> Path:
     ) -> TrainConfig:
         return TrainConfig(
             task=args.task, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
-            l2_attention=args.l2_attention, weight_decay=args.weight_decay, patience=args.patience,
+            l2_attention=args.l2_attention, attention_lr=args.attention_lr,
+            weight_decay=args.weight_decay, patience=args.patience,
             lr_decay=lr_decay, lr_decay_patience=args.lr_decay_patience,
             seed=args.seed, device=args.device, label_range=splits.label_range,
         )  # fmt: skip

@@ -26,6 +26,10 @@ class TrainConfig:
     lr: float = 1e-3
     optimizer: str = "adam"  # adam | adagrad
     l2_attention: float = 0.0  # lambda on ||W||^2 (the paper's attention regulariser)
+    # The attention network's first layer (W, b) at its own rate (None: lr). Adagrad's first step
+    # moves every entry by the full rate: at 0.1, b (about 0.03) jumps by 0.1 and the units it
+    # turns negative are off on every pair from then on (BENCHMARKS.md, ninth pass).
+    attention_lr: float | None = None
     weight_decay: float = 0.0  # L2 on all parameters through the optimizer
     patience: int = 3  # epochs without validation improvement before stopping
     # On a plateau the learning rate is multiplied by lr_decay (1: constant): at a constant rate
@@ -107,12 +111,15 @@ class EarlyStopping:
 
 
 def make_optimizer(model: AFM, config: TrainConfig) -> torch.optim.Optimizer:
+    groups: list[dict[str, Any]] = [{"params": list(model.parameters())}]
+    if config.attention_lr is not None and model.config.attention:
+        first_layer = list(model.attention_w.parameters())  # W and b
+        rest = [p for p in model.parameters() if all(p is not q for q in first_layer)]
+        groups = [{"params": rest}, {"params": first_layer, "lr": config.attention_lr}]
     if config.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
     if config.optimizer == "adagrad":
-        return torch.optim.Adagrad(
-            model.parameters(), lr=config.lr, weight_decay=config.weight_decay
-        )
+        return torch.optim.Adagrad(groups, lr=config.lr, weight_decay=config.weight_decay)
     raise ValueError(f"unknown optimizer {config.optimizer!r}")
 
 

@@ -3,7 +3,7 @@
 import torch
 
 from training.model import AFM, AFMConfig
-from training.trainer import EarlyStopping, Tensors, TrainConfig, fit
+from training.trainer import EarlyStopping, Tensors, TrainConfig, fit, loss_fn, make_optimizer
 
 
 def noise_data(rows: int, seed: int) -> Tensors:
@@ -66,3 +66,23 @@ def test_patience_runs_against_the_trained_epochs_while_the_start_stays_a_candid
     assert stopping.should_stop and stopping.best == 0.29
     # without a start the first epoch is the first best
     assert EarlyStopping(patience=1, higher_is_better=True).update(0.5)
+
+
+def test_the_attention_networks_first_layer_takes_its_own_rate():
+    torch.manual_seed(0)
+    model = AFM(AFMConfig(num_features=90, num_fields=3, embedding_dim=4, attention_dim=3))
+    config = TrainConfig(task="rating", lr=0.1, optimizer="adagrad", attention_lr=0.01)
+    with torch.no_grad():  # embeddings large enough that no gradient is near Adagrad's eps
+        model.embedding.weight.normal_(0, 1)
+    optimizer = make_optimizer(model, config)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    data = noise_data(64, 0)
+    loss_fn(config.task, model(data.index, data.value).raw, data.label).backward()
+    optimizer.step()
+    # Adagrad's first step moves each entry by its group's full rate (less where |g| nears eps)
+    for name, p in model.named_parameters():
+        step = (p.detach() - before[name]).abs().max().item()
+        rate = 0.01 if name.startswith("attention_w.") else 0.1
+        assert 0.99 * rate < step <= rate * (1 + 1e-6), name
+    fm = AFM(AFMConfig(num_features=90, num_fields=3, embedding_dim=4, attention=False))
+    assert len(make_optimizer(fm, config).param_groups) == 1  # FM has no attention network
