@@ -5,8 +5,9 @@ of each row's (user, app) pair.
 
 A pair is "used" when the training file logs the user using the app, "negative only" when it
 holds the pair only as a sampled negative, and "unseen" otherwise. Scores and attention come from
-the bundle's ONNX graph through onnxruntime. `--negatives` names the training rows the bundles learnt from:
-`paper` (--paper-negatives, what `make reproduce` trains on) or `file` (--drop-used-negatives).
+the bundle's ONNX graph through onnxruntime. `--negatives` names the training rows the bundles
+learnt from: `paper` (--paper-negatives, what `make reproduce` trains on) or `file`
+(--drop-used-negatives).
 
 It also says how far each row's attention is from uniform (1/P on each of the P pairs): a mean over
 the pairs can look flat because rows disagree, or because every row is flat.

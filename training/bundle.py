@@ -109,7 +109,7 @@ class Bundle:
     def run(
         self, columns: Mapping[str, np.ndarray], outputs: list[str], batch_size: int = 8192
     ) -> dict[str, np.ndarray]:
-        """The named graph outputs (`score`, `attention`, ...) for raw feature columns, in batches."""
+        """The named graph outputs (`score`, `attention`, ...) for raw feature columns."""
         encoded = self.encoder.encode(columns)
         session = self.session()
         batches = [

@@ -187,7 +187,7 @@ class AFM(nn.Module):
                 # fifth pass).
                 self.attention_w.weight.div_(num_pairs)
                 # W / P is small next to b, so a unit with b < 0 would be off on every pair and
-                # never get a gradient: with b = |b| every unit starts on (BENCHMARKS.md, eighth pass)
+                # never get a gradient: with b = |b| every unit starts on (BENCHMARKS.md, 8th pass)
                 self.attention_w.bias.abs_()
             scale = math.sqrt(num_pairs) if rescale else 1.0
             self.embedding.weight.copy_(fm.embedding.weight * scale)

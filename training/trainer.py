@@ -114,7 +114,7 @@ def make_optimizer(model: AFM, config: TrainConfig) -> torch.optim.Optimizer:
     groups: list[dict[str, Any]] = [{"params": list(model.parameters())}]
     if config.attention_lr is not None and model.config.attention:
         first_layer = list(model.attention_w.parameters())  # W and b
-        rest = [p for p in model.parameters() if all(p is not q for q in first_layer)]
+        rest = [p for name, p in model.named_parameters() if not name.startswith("attention_w.")]
         groups = [{"params": rest}, {"params": first_layer, "lr": config.attention_lr}]
     if config.optimizer == "adam":
         return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
