@@ -67,12 +67,33 @@ def run(
     return results
 
 
+def run_batches(batch_sizes: list[int], steps: int) -> list[dict[str, object]]:
+    """The frappe recipe's AFM (k = 256, t = 8) on one thread at several batch sizes: the
+    batch sets the (B, P, k) pair tensor's size, and with it how fast a row trains."""
+    torch.set_num_threads(1)
+    results: list[dict[str, object]] = []
+    for batch_size in batch_sizes:
+        torch.manual_seed(0)
+        model = AFM(AFMConfig(5382, 10, 256, 8, dropout=0.5))
+        pair_mb = batch_size * len(model.pair_i) * 256 * 4 / 2**20
+        speed = rows_per_second(model, batch_size, steps)
+        results.append({"batch": batch_size, "pair_tensor_mb": pair_mb, "afm_rows_s": speed})
+    return results
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, object]]:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--dims", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument(
+        "--recipe-batches",
+        type=int,
+        nargs="*",
+        default=[512, 1024, 4096],
+        help="batch sizes for the frappe recipe's AFM (k=256, t=8, one thread); none to skip",
+    )
     args = parser.parse_args(argv)
     print(
         f"training throughput, torch {torch.__version__}, {platform.processor() or platform.machine()}, batch {args.batch_size}"
@@ -83,6 +104,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
         print(
             f"| {r['threads']} | {r['k']} | {r['fm_rows_s']:,.0f} | {r['afm_rows_s']:,.0f} | {r['afm_over_fm']:.2f} |"
         )
+    if args.recipe_batches:
+        batches = run_batches(args.recipe_batches, args.steps)
+        largest = batches[-1]["afm_rows_s"]
+        print("\nfrappe recipe's AFM (k = 256, t = 8), one thread")
+        print("| batch | pair tensor MB | AFM rows/s | against the last batch |\n|---|---|---|---|")
+        for b in batches:
+            print(
+                f"| {b['batch']} | {b['pair_tensor_mb']:.0f} | {b['afm_rows_s']:,.0f} | {b['afm_rows_s'] / largest:.2f} |"
+            )
+        results += batches
     return results
 
 
