@@ -357,9 +357,24 @@ ML100K_FILES = {
     "ml-100k.user": "4f670007d9cfbeb9807e757209af1555b9bcc186bde25e767f67cb67c6dd5972",
     "ml-100k.item": "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532",
 }
+# A film has one to six of these genres. One feature per field (DESIGN.md), so each genre is a
+# field of its own holding "1" or "0": all of a film's genres reach the model, not just its first.
+ML100K_GENRES = (
+    "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
+    "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War",
+    "Western", "unknown",
+)  # fmt: skip
+
+
+def genre_field(genre: str) -> str:
+    """`Children's` -> `genre_childrens`, `Sci-Fi` -> `genre_sci_fi`: plain names for requests."""
+    return "genre_" + genre.lower().replace("'", "").replace("-", "_")
+
+
 ML100K_FIELDS = (
     FieldSpec("user_id"), FieldSpec("item_id"), FieldSpec("age", "numeric"), FieldSpec("gender"),
-    FieldSpec("occupation"), FieldSpec("zip_prefix"), FieldSpec("release_year"), FieldSpec("genre"),
+    FieldSpec("occupation"), FieldSpec("zip_prefix"), FieldSpec("release_year"),
+    *(FieldSpec(genre_field(g)) for g in ML100K_GENRES),
 )  # fmt: skip
 
 
@@ -385,8 +400,10 @@ def movielens_100k(task: Task, directory: Path, seed: int = 0, download: bool = 
     users = users.append_column(
         "zip_prefix", pc.utf8_slice_codeunits(pc.cast(users["zip_code"], pa.string()), 0, 3)
     )
-    genre = pc.list_element(pc.split_pattern(pc.cast(items["class"], pa.string()), " "), 0)
-    items = items.append_column("genre", genre)
+    genres_of = [set(str(text).split(" ")) for text in items["class"].to_pylist()]
+    for genre in ML100K_GENRES:
+        flags = pa.array(["1" if genre in genres else "0" for genres in genres_of])
+        items = items.append_column(genre_field(genre), flags)
     # Arrow's hash join returns rows in no fixed order: keep the ratings' own order, or the
     # seeded split would differ between runs (and a model started from another's weights would
     # be tested on rows it trained on).

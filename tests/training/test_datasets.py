@@ -128,7 +128,14 @@ def test_movielens_joins_side_features_and_splits_by_seed():
     )
     assert set(columns["gender"]) == {"M", "F"}
     assert all(len(z) <= 3 for z in columns["zip_prefix"][:100])
-    assert "Drama" in set(columns["genre"])
+    # every genre of a film is a "1"/"0" field: Toy Story is animation, children's and comedy
+    genre_names = [datasets.genre_field(g) for g in datasets.ML100K_GENRES]
+    toy_story = np.flatnonzero(columns["item_id"] == "1")[0]
+    assert {n for n in genre_names if columns[n][toy_story] == "1"} == {
+        "genre_animation", "genre_childrens", "genre_comedy"
+    }  # fmt: skip
+    flags = np.stack([columns[n] == "1" for n in genre_names], axis=1)
+    assert flags.sum(axis=1).min() >= 1 and flags.sum(axis=1).max() <= 6
     again = datasets.load("ml-100k", "rating")  # the same split on every load
     for name in columns:
         assert np.array_equal(again.test.columns[name], splits.test.columns[name]), name
