@@ -303,6 +303,11 @@ def train(args: argparse.Namespace) -> Path:
         if args.init_from
         else FeatureEncoder.fit(splits.spec, splits.train.columns)
     )
+    if encoder.names != splits.spec.names:  # a bundle trained on other fields: say so, not KeyError
+        sys.exit(
+            f"--init-from: that bundle's fields ({', '.join(encoder.names)}) are not this data"
+            f" set's ({', '.join(splits.spec.names)})"
+        )
 
     def tensors(table: Any) -> Tensors:
         encoded = encoder.encode(table.columns)

@@ -87,6 +87,19 @@ def test_an_afm_started_from_an_afm_bundle_goes_on_from_all_its_weights(tmp_path
         train_tiny(tmp_path, "--task", "rating", "--init-from", str(first), "--attention-dim", "3")
 
 
+def test_starting_from_a_bundle_of_other_fields_names_both_field_lists(tmp_path):
+    from tests.training.test_readers import write_same_rows
+
+    synthetic = train_tiny(tmp_path, "--task", "rating")
+    csv, _, _ = write_same_rows(tmp_path, rows=300)
+    with pytest.raises(
+        SystemExit,
+        match=r"fields \(user, item, daytime, .*\) are not this data set's \(user, item, weather\)",
+    ):
+        main(["train", "--quick", "--dataset", "files", "--fields", "user,item,weather", "--train", str(csv),
+              "--validation", str(csv), "--test", str(csv), "--init-from", str(synthetic), "--out", str(tmp_path)])  # fmt: skip
+
+
 def test_fm_trained_with_batch_norm_publishes_a_plain_fm(tmp_path, capsys):
     main(["train", "--quick", "--task", "rating", "--model", "fm", "--batch-norm",
           "--name", "bn", "--out", str(tmp_path)])  # fmt: skip
