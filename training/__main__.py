@@ -283,6 +283,15 @@ def load_splits(args: argparse.Namespace) -> Any:
         sys.exit(str(problem))
 
 
+def require_same_fields(bundle_fields: list[str], data_fields: list[str], option: str) -> None:
+    """Stop with both field lists when a bundle meets a data set of other fields (not KeyError)."""
+    if bundle_fields != data_fields:
+        sys.exit(
+            f"{option}: that bundle's fields ({', '.join(bundle_fields)}) are not this data"
+            f" set's ({', '.join(data_fields)})"
+        )
+
+
 def train(args: argparse.Namespace) -> Path:
     """Train one model (optionally after an FM pre-training) and publish its bundle."""
     import torch
@@ -298,16 +307,11 @@ def train(args: argparse.Namespace) -> Path:
     started = time.perf_counter()
     splits = load_splits(args)
     init = export.load_checkpoint(args.init_from) if args.init_from else None
-    encoder = (
-        bundle.read(args.init_from).encoder
-        if args.init_from
-        else FeatureEncoder.fit(splits.spec, splits.train.columns)
-    )
-    if encoder.names != splits.spec.names:  # a bundle trained on other fields: say so, not KeyError
-        sys.exit(
-            f"--init-from: that bundle's fields ({', '.join(encoder.names)}) are not this data"
-            f" set's ({', '.join(splits.spec.names)})"
-        )
+    if args.init_from:
+        encoder = bundle.read(args.init_from).encoder
+        require_same_fields(encoder.names, splits.spec.names, "--init-from")
+    else:
+        encoder = FeatureEncoder.fit(splits.spec, splits.train.columns)
 
     def tensors(table: Any) -> Tensors:
         encoded = encoder.encode(table.columns)
@@ -435,7 +439,9 @@ def evaluate_bundle(args: argparse.Namespace) -> dict[str, float]:
 
     loaded = bundle.read(args.bundle)
     args.task = loaded.task
-    table = getattr(load_splits(args), args.split)
+    splits = load_splits(args)
+    require_same_fields(loaded.encoder.names, splits.spec.names, "--bundle")
+    table = getattr(splits, args.split)
     scores = loaded.score(table.columns)
     low, high = loaded.manifest["label_range"]
     result = metrics.compute(loaded.task, table.label, scores, (low, high))

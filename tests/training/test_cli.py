@@ -98,6 +98,9 @@ def test_starting_from_a_bundle_of_other_fields_names_both_field_lists(tmp_path)
     ):
         main(["train", "--quick", "--dataset", "files", "--fields", "user,item,weather", "--train", str(csv),
               "--validation", str(csv), "--test", str(csv), "--init-from", str(synthetic), "--out", str(tmp_path)])  # fmt: skip
+    with pytest.raises(SystemExit, match=r"--bundle: that bundle's fields \(user, item, daytime"):
+        main(["evaluate", "--bundle", str(synthetic), "--dataset", "files", "--fields", "user,item,weather",
+              "--train", str(csv), "--validation", str(csv), "--test", str(csv)])  # fmt: skip
 
 
 def test_fm_trained_with_batch_norm_publishes_a_plain_fm(tmp_path, capsys):
