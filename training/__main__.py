@@ -98,7 +98,7 @@ def build_parser(quick: bool = False) -> argparse.ArgumentParser:
         default=2,
         help="epochs without validation improvement before each --lr-decay or --fm-lr-decay",
     )
-    train.add_argument("--device", default="cpu", help="cpu, or cuda where there is one")
+    train.add_argument("--device", default="cpu", help="cpu, or cuda (cuda:N) where there is one")
     train.add_argument(
         "--threads", type=int, default=0, help="CPU threads for PyTorch (0: its default)"
     )
@@ -292,6 +292,49 @@ def require_same_fields(bundle_fields: list[str], data_fields: list[str], option
         )
 
 
+def trained_on(manifest: dict[str, Any], splits: Any) -> bool:
+    """Whether a bundle was trained on exactly these splits (same files, split seed, row cap)."""
+    return bool(manifest.get("data", {}).get("fingerprint") == splits.fingerprint)
+
+
+def require_same_data(manifest: dict[str, Any], splits: Any, task: str) -> None:
+    """--init-from is the paper's pre-training on the same split: a start trained on other rows
+    (another split seed, say) has seen this run's test rows, and its test RMSE would say nothing.
+    The vocabularies come from the start too, so other data would mostly fall to OOV."""
+    if manifest["task"] != task:
+        sys.exit(f"--init-from: that bundle was trained for --task {manifest['task']}, not {task}")
+    if not trained_on(manifest, splits):
+        trained = manifest.get("data", {})
+        sys.exit(
+            f"--init-from: that bundle was trained on other data ({trained.get('dataset')},"
+            f" fingerprint {str(trained.get('fingerprint'))[:12]}) than this run's"
+            f" ({splits.name}, {splits.fingerprint[:12]}): use the data options of the run that"
+            " trained it (data set and format, negatives, --max-rows, --seed where it draws the"
+            " split)"
+        )
+
+
+def require_device(name: str) -> None:
+    """Stop before any data loads when --device names no device this torch can train on.
+
+    Otherwise the first batch dies in torch's lazy CUDA init with an AssertionError traceback.
+    """
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        sys.exit(f"--device {name}: not a device; use cpu, cuda or cuda:N")
+    if device.type == "cpu":
+        return
+    if device.type != "cuda":
+        sys.exit(f"--device {name}: training runs on cpu or cuda[:N]")
+    if not torch.cuda.is_available():
+        sys.exit(f"--device {name}: torch {torch.__version__} sees no CUDA device here; use cpu")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        sys.exit(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices here")
+
+
 def train(args: argparse.Namespace) -> Path:
     """Train one model (optionally after an FM pre-training) and publish its bundle."""
     import torch
@@ -301,6 +344,7 @@ def train(args: argparse.Namespace) -> Path:
     from training.model import AFM, AFMConfig
     from training.trainer import Tensors, TrainConfig, evaluate, fit
 
+    require_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -308,8 +352,10 @@ def train(args: argparse.Namespace) -> Path:
     splits = load_splits(args)
     init = export.load_checkpoint(args.init_from) if args.init_from else None
     if args.init_from:
-        encoder = bundle.read(args.init_from).encoder
-        require_same_fields(encoder.names, splits.spec.names, "--init-from")
+        start = bundle.read(args.init_from)
+        require_same_fields(start.encoder.names, splits.spec.names, "--init-from")
+        require_same_data(start.manifest, splits, args.task)
+        encoder = start.encoder
     else:
         encoder = FeatureEncoder.fit(splits.spec, splits.train.columns)
 
@@ -441,6 +487,12 @@ def evaluate_bundle(args: argparse.Namespace) -> dict[str, float]:
     args.task = loaded.task
     splits = load_splits(args)
     require_same_fields(loaded.encoder.names, splits.spec.names, "--bundle")
+    if not trained_on(loaded.manifest, splits):  # legitimate (new data), but say so
+        print(
+            f"note: {args.bundle} was trained on other data than this {splits.name} split;"
+            " rows it trained on may be among these",
+            file=sys.stderr,
+        )
     table = getattr(splits, args.split)
     scores = loaded.score(table.columns)
     low, high = loaded.manifest["label_range"]

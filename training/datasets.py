@@ -79,6 +79,7 @@ def load(
     if max_rows:
         for part in ("train", "validation", "test"):
             setattr(splits, part, getattr(splits, part).take(slice(0, max_rows)))
+        splits.fingerprint = _derived(splits.fingerprint, f"max-rows={max_rows}")
     return splits
 
 
@@ -240,10 +241,10 @@ def frappe(
     fingerprint = fingerprint_files([*paths, log_path] if paper_negatives else paths)
     if drop_used_negatives:
         train = drop_negatives_of_used_pairs(train, ("user", "item"))
-        fingerprint = hashlib.sha256(f"{fingerprint}:drop-used-negatives".encode()).hexdigest()
+        fingerprint = _derived(fingerprint, "drop-used-negatives")
     if paper_negatives:
         train = sample_paper_negatives(train, validation, test, read_frappe_log(log_path))
-        fingerprint = hashlib.sha256(f"{fingerprint}:paper-negatives".encode()).hexdigest()
+        fingerprint = _derived(fingerprint, "paper-negatives")
     return Splits("frappe", task, spec, train, validation, test, (-1.0, 1.0), fingerprint)
 
 
@@ -415,9 +416,8 @@ def movielens_100k(task: Task, directory: Path, seed: int = 0, download: bool = 
     rating = table.label
     table.label = (rating >= 4).astype(np.float32) if task == "ctr" else rating
     train, validation, test = _split(table, seed, (0.8, 0.1))
-    return Splits(
-        "ml-100k", task, spec, train, validation, test, (1.0, 5.0), fingerprint_files(paths)
-    )
+    fingerprint = _derived(fingerprint_files(paths), f"split-seed={seed}")  # the rows trained on
+    return Splits("ml-100k", task, spec, train, validation, test, (1.0, 5.0), fingerprint)
 
 
 def _strip_types(table: pa.Table) -> pa.Table:
@@ -477,6 +477,11 @@ def _write_checked(
     with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp:
         tmp.write(content)
     shutil.move(tmp.name, target)
+
+
+def _derived(fingerprint: str, step: str) -> str:
+    """The fingerprint of data made from the fingerprinted data by `step`."""
+    return hashlib.sha256(f"{fingerprint}:{step}".encode()).hexdigest()
 
 
 def fingerprint_files(paths: Iterable[Path]) -> str:

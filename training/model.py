@@ -151,7 +151,7 @@ class AFM(nn.Module):
     def attention_l2(self) -> torch.Tensor:
         """||W||^2, the paper's L2 regulariser on the attention network."""
         if not self.config.attention:
-            return torch.zeros(())
+            return torch.zeros((), device=self.bias.device)  # added to a loss on that device
         return self.attention_w.weight.pow(2).sum()
 
     def load_fm_embeddings(self, fm: AFM, start: str = "exact") -> None:

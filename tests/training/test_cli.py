@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from tests.conftest import train_tiny
 from training import bundle
@@ -101,6 +102,25 @@ def test_starting_from_a_bundle_of_other_fields_names_both_field_lists(tmp_path)
     with pytest.raises(SystemExit, match=r"--bundle: that bundle's fields \(user, item, daytime"):
         main(["evaluate", "--bundle", str(synthetic), "--dataset", "files", "--fields", "user,item,weather",
               "--train", str(csv), "--validation", str(csv), "--test", str(csv)])  # fmt: skip
+
+
+def test_starting_from_a_bundle_of_other_rows_or_another_task_stops(tmp_path, capsys):
+    fm = train_tiny(tmp_path, "--task", "rating", "--model", "fm", "--seed", "1")
+    # synthetic draws its rows by seed: seed 2's test rows are not those the start held out
+    with pytest.raises(SystemExit, match=r"--init-from: that bundle was trained on other data"):
+        train_tiny(tmp_path, "--task", "rating", "--init-from", str(fm), "--seed", "2")
+    with pytest.raises(SystemExit, match=r"--init-from: .* trained on other data"):
+        train_tiny(tmp_path, "--task", "rating", "--init-from", str(fm), "--seed", "1",
+                   "--max-rows", "500")  # fmt: skip
+    with pytest.raises(SystemExit, match=r"trained for --task rating, not ctr"):
+        train_tiny(tmp_path, "--task", "ctr", "--init-from", str(fm), "--seed", "1")
+    assert train_tiny(tmp_path, "--task", "rating", "--init-from", str(fm), "--seed", "1").exists()
+    # evaluating on other rows is legitimate, but the user is told
+    capsys.readouterr()
+    main(["evaluate", "--bundle", str(fm), "--max-rows", "2000", "--seed", "2"])
+    assert "was trained on other data" in capsys.readouterr().err
+    main(["evaluate", "--bundle", str(fm), "--max-rows", "2000", "--seed", "1"])
+    assert "trained on other data" not in capsys.readouterr().err
 
 
 def test_fm_trained_with_batch_norm_publishes_a_plain_fm(tmp_path, capsys):
@@ -210,3 +230,27 @@ def test_help_lists_every_option(capsys):
         "--seed",
     ):
         assert option in text
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+def test_cuda_without_a_cuda_device_stops_before_loading_data(tmp_path):
+    with pytest.raises(SystemExit, match=r"--device cuda: torch .* sees no CUDA device here"):
+        train_tiny(tmp_path, "--device", "cuda")
+    with pytest.raises(SystemExit, match=r"--device gpu: not a device; use cpu, cuda or cuda:N"):
+        train_tiny(tmp_path, "--device", "gpu")
+    assert not (tmp_path / "synthetic-afm").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_training_on_cuda_publishes_a_bundle_that_scores_as_it_trained(tmp_path, capsys):
+    # the FM phase with batch norm (folded on the device), then AFM from it, both on the GPU
+    main(["train", "--quick", "--task", "rating", "--pretrain-fm", "--fm-batch-norm", "--device",
+          "cuda", "--l2-attention", "1e-3", "--name", "g-afm", "--out", str(tmp_path)])  # fmt: skip
+    manifest = bundle.read(tmp_path / "g-afm" / "1").manifest
+    assert manifest["training_config"]["device"] == "cuda"
+    assert len(manifest["history"]) == 1 and manifest["history"][0]["train_loss"] > 0
+    capsys.readouterr()
+    # the exported graph, run by onnxruntime on the CPU, scores as the GPU-trained weights did
+    main(["evaluate", "--bundle", str(tmp_path / "g-afm" / "1"), "--max-rows", "2000", "--split", "test"])  # fmt: skip
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["rmse"] == pytest.approx(manifest["metrics"]["test"]["rmse"], abs=1e-4)

@@ -140,6 +140,11 @@ def test_movielens_joins_side_features_and_splits_by_seed():
     for name in columns:
         assert np.array_equal(again.test.columns[name], splits.test.columns[name]), name
     assert np.array_equal(again.test.label, splits.test.label)
+    # the fingerprint names the rows: another seed is another split, a model of it another model's
+    assert again.fingerprint == splits.fingerprint
+    other = datasets.load("ml-100k", "rating", seed=1)
+    assert other.fingerprint != splits.fingerprint
+    assert not np.array_equal(other.test.columns["user_id"], splits.test.columns["user_id"])
     ctr = datasets.load("ml-100k", "ctr")
     assert set(np.unique(ctr.test.label)) == {0.0, 1.0}
 
