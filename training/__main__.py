@@ -181,7 +181,9 @@ def build_parser(quick: bool = False) -> argparse.ArgumentParser:
     )
     reproduce.add_argument("--out", type=Path, default=Path("models"))
     reproduce.add_argument("--threads", type=int, default=0)
-    reproduce.add_argument("--device", default="cpu")
+    reproduce.add_argument(
+        "--device", default="cpu", help="cpu, or cuda (cuda:N) where there is one"
+    )
     reproduce.add_argument(
         "--download", action="store_true", help="fetch the paper's libFM files first"
     )
@@ -283,6 +285,26 @@ def load_splits(args: argparse.Namespace) -> Any:
         sys.exit(str(problem))
 
 
+def read_bundle(path: Path, option: str) -> Any:
+    """A verified bundle, or a message naming the option and what is wrong (not a traceback)."""
+    from training import bundle
+
+    try:
+        return bundle.read(path)
+    except bundle.BundleError as problem:
+        sys.exit(f"{option}: {problem}")
+
+
+def read_checkpoint(path: Path) -> Any:
+    """The PyTorch model of a bundle, which a served bundle need not carry (checkpoint.pt)."""
+    from training import export
+
+    try:
+        return export.load_checkpoint(path)
+    except FileNotFoundError:
+        sys.exit(f"--init-from: {path} has no checkpoint.pt, so no weights to start from")
+
+
 def require_same_fields(bundle_fields: list[str], data_fields: list[str], option: str) -> None:
     """Stop with both field lists when a bundle meets a data set of other fields (not KeyError)."""
     if bundle_fields != data_fields:
@@ -339,7 +361,7 @@ def train(args: argparse.Namespace) -> Path:
     """Train one model (optionally after an FM pre-training) and publish its bundle."""
     import torch
 
-    from training import bundle, export, metrics, plots
+    from training import export, metrics, plots
     from training.features import FeatureEncoder
     from training.model import AFM, AFMConfig
     from training.trainer import Tensors, TrainConfig, evaluate, fit
@@ -349,10 +371,11 @@ def train(args: argparse.Namespace) -> Path:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     started = time.perf_counter()
+    start = read_bundle(args.init_from, "--init-from") if args.init_from else None
     splits = load_splits(args)
-    init = export.load_checkpoint(args.init_from) if args.init_from else None
-    if args.init_from:
-        start = bundle.read(args.init_from)
+    init = None
+    if start is not None:
+        init = read_checkpoint(start.path)
         require_same_fields(start.encoder.names, splits.spec.names, "--init-from")
         require_same_data(start.manifest, splits, args.task)
         encoder = start.encoder
@@ -481,9 +504,9 @@ def train(args: argparse.Namespace) -> Path:
 
 def evaluate_bundle(args: argparse.Namespace) -> dict[str, float]:
     """Metrics from the ONNX graph through onnxruntime: a bundle judged without torch."""
-    from training import bundle, metrics
+    from training import metrics
 
-    loaded = bundle.read(args.bundle)
+    loaded = read_bundle(args.bundle, "--bundle")
     args.task = loaded.task
     splits = load_splits(args)
     require_same_fields(loaded.encoder.names, splits.spec.names, "--bundle")

@@ -123,6 +123,17 @@ def test_starting_from_a_bundle_of_other_rows_or_another_task_stops(tmp_path, ca
     assert "trained on other data" not in capsys.readouterr().err
 
 
+def test_a_start_or_bundle_that_is_not_a_bundle_is_named_not_a_traceback(tmp_path):
+    with pytest.raises(SystemExit, match=r"--init-from: .*nowhere: bundle.json is missing"):
+        train_tiny(tmp_path, "--init-from", str(tmp_path / "nowhere"))
+    with pytest.raises(SystemExit, match=r"--bundle: .*nowhere: bundle.json is missing"):
+        main(["evaluate", "--bundle", str(tmp_path / "nowhere")])
+    served_only = train_tiny(tmp_path, "--task", "rating")
+    (served_only / "checkpoint.pt").unlink()  # a bundle as the service needs it: no torch weights
+    with pytest.raises(SystemExit, match=r"--init-from: .* has no checkpoint.pt"):
+        train_tiny(tmp_path, "--task", "rating", "--init-from", str(served_only))
+
+
 def test_fm_trained_with_batch_norm_publishes_a_plain_fm(tmp_path, capsys):
     main(["train", "--quick", "--task", "rating", "--model", "fm", "--batch-norm",
           "--name", "bn", "--out", str(tmp_path)])  # fmt: skip
