@@ -20,6 +20,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def bounded(kind: type, low: float, high: float | None = None, low_open: bool = False) -> Any:
+    """An argparse type for `kind` values from `low` (excluded with low_open) up to, not
+    including, `high`: a bad option stops at once with its name, not later in torch with a
+    traceback (or, for --max-rows 0, as no cap at all)."""
+
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if high is not None and not low <= value < high:
+            raise argparse.ArgumentTypeError(f"must be in [{low}, {high}), not {text}")
+        if value < low or (low_open and value == low):
+            raise argparse.ArgumentTypeError(
+                f"must be {'above' if low_open else 'at least'} {low}, not {text}"
+            )
+        return value
+
+    parse.__name__ = kind.__name__  # argparse's "invalid int value: 'x'" names the kind
+    return parse
+
+
+positive_int, non_negative_int = bounded(int, 1), bounded(int, 0)
+positive_float, non_negative_float, dropout_rate = (
+    bounded(float, 0.0, low_open=True),
+    bounded(float, 0.0),
+    bounded(float, 0.0, 1.0),
+)
+
+
 def decay_factor(text: str) -> float:
     """argparse type of --lr-decay: a factor in (0, 1], 1 meaning a constant rate."""
     factor = float(text)
@@ -48,24 +75,32 @@ def build_parser(quick: bool = False) -> argparse.ArgumentParser:
         help="models directory the bundle is published into",
     )
     train.add_argument("--name", help="bundle name (default: <dataset>-<model>)")
-    train.add_argument("--embedding-dim", type=int, default=64, help="k, the embedding size")
     train.add_argument(
-        "--attention-dim", type=int, default=64, help="t, the attention network's hidden size"
+        "--embedding-dim", type=positive_int, default=64, help="k, the embedding size"
     )
     train.add_argument(
-        "--dropout", type=float, default=0.3, help="dropout on the pair-interaction layer"
+        "--attention-dim",
+        type=positive_int,
+        default=64,
+        help="t, the attention network's hidden size",
     )
     train.add_argument(
-        "--l2-attention", type=float, default=0.0, help="L2 weight on the attention network's W"
+        "--dropout", type=dropout_rate, default=0.3, help="dropout on the pair-interaction layer"
+    )
+    train.add_argument(
+        "--l2-attention",
+        type=non_negative_float,
+        default=0.0,
+        help="L2 weight on the attention network's W",
     )
     train.add_argument(
         "--attention-lr",
-        type=float,
+        type=positive_float,
         help="learning rate of the attention network's W and b (default: --lr); AFM only",
     )
     train.add_argument(
         "--weight-decay",
-        type=float,
+        type=non_negative_float,
         default=0.0,
         help="L2 on every parameter (optimizer weight decay)",
     )
@@ -75,14 +110,14 @@ def build_parser(quick: bool = False) -> argparse.ArgumentParser:
         help="FM only: batch-normalise the pooled pairs while training, as the authors' FM.py; folded into v, p and w0 afterwards, so the bundle is a plain FM",
     )
     train.add_argument("--optimizer", choices=["adam", "adagrad"], default="adam")
-    train.add_argument("--lr", type=float, default=1e-3, help="learning rate")
-    train.add_argument("--batch-size", type=int, default=1024)
+    train.add_argument("--lr", type=positive_float, default=1e-3, help="learning rate")
+    train.add_argument("--batch-size", type=positive_int, default=1024)
     train.add_argument(
-        "--epochs", type=int, default=20, help="most epochs; early stopping may end sooner"
+        "--epochs", type=positive_int, default=20, help="most epochs; early stopping may end sooner"
     )
     train.add_argument(
         "--patience",
-        type=int,
+        type=positive_int,
         default=3,
         help="epochs without validation improvement before stopping",
     )
@@ -94,13 +129,16 @@ def build_parser(quick: bool = False) -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--lr-decay-patience",
-        type=int,
+        type=positive_int,
         default=2,
         help="epochs without validation improvement before each --lr-decay or --fm-lr-decay",
     )
     train.add_argument("--device", default="cpu", help="cpu, or cuda (cuda:N) where there is one")
     train.add_argument(
-        "--threads", type=int, default=0, help="CPU threads for PyTorch (0: its default)"
+        "--threads",
+        type=non_negative_int,
+        default=0,
+        help="CPU threads for PyTorch (0: its default)",
     )
     train.add_argument(
         "--init-from",
@@ -123,9 +161,11 @@ def build_parser(quick: bool = False) -> argparse.ArgumentParser:
         action="store_true",
         help="train and publish an FM first, then start AFM from its embeddings",
     )
-    train.add_argument("--fm-epochs", type=int, default=20, help="epochs of the FM pre-training")
     train.add_argument(
-        "--fm-lr", type=float, default=1e-3, help="learning rate of the FM pre-training"
+        "--fm-epochs", type=positive_int, default=20, help="epochs of the FM pre-training"
+    )
+    train.add_argument(
+        "--fm-lr", type=positive_float, default=1e-3, help="learning rate of the FM pre-training"
     )
     train.add_argument(
         "--fm-lr-decay",
@@ -134,7 +174,7 @@ def build_parser(quick: bool = False) -> argparse.ArgumentParser:
         help="--lr-decay of the FM pre-training",
     )
     train.add_argument(
-        "--fm-dropout", type=float, default=0.3, help="dropout of the FM pre-training"
+        "--fm-dropout", type=dropout_rate, default=0.3, help="dropout of the FM pre-training"
     )
     train.add_argument(
         "--fm-optimizer",
@@ -148,7 +188,7 @@ def build_parser(quick: bool = False) -> argparse.ArgumentParser:
         help="batch norm in the FM pre-training (see --batch-norm)",
     )
     train.add_argument(
-        "--fm-batch-size", type=int, default=1024, help="batch size of the FM pre-training"
+        "--fm-batch-size", type=positive_int, default=1024, help="batch size of the FM pre-training"
     )
     train.add_argument(
         "--quick",
@@ -180,7 +220,7 @@ def build_parser(quick: bool = False) -> argparse.ArgumentParser:
         help="folder holding frappe/ (default: AFM_DATA_DIR or ../shared/data)",
     )
     reproduce.add_argument("--out", type=Path, default=Path("models"))
-    reproduce.add_argument("--threads", type=int, default=0)
+    reproduce.add_argument("--threads", type=non_negative_int, default=0)
     reproduce.add_argument(
         "--device", default="cpu", help="cpu, or cuda (cuda:N) where there is one"
     )
@@ -193,7 +233,7 @@ def build_parser(quick: bool = False) -> argparse.ArgumentParser:
         default="paper",
         help="paper: training negatives drawn from raw/frappe.csv as the paper's were (--paper-negatives); file: the rebuilt training file's own, less those contradicting its positives (--drop-used-negatives); with --download neither (the authors' own files)",
     )
-    reproduce.add_argument("--seed", type=int, default=0)
+    reproduce.add_argument("--seed", type=non_negative_int, default=0)
     return parser
 
 
@@ -239,9 +279,14 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="frappe: replace the training negatives with ones drawn from raw/frappe.csv the way the paper's files were (2 per log with its context, among apps the user never used; consults the held-out logs, as the authors' sampling did; make reproduce sets it)",
     )
-    parser.add_argument("--max-rows", type=int, help="use at most this many rows of each split")
     parser.add_argument(
-        "--seed", type=int, default=0, help="seeds the split, the initialisation and the shuffling"
+        "--max-rows", type=positive_int, help="use at most this many rows of each split"
+    )
+    parser.add_argument(
+        "--seed",
+        type=non_negative_int,
+        default=0,
+        help="seeds the split, the initialisation and the shuffling",
     )
     parser.add_argument(
         "--fields", help="files: the feature spec, e.g. user,item,age:numeric,city:categorical:5"
@@ -259,17 +304,19 @@ def load_splits(args: argparse.Namespace) -> Any:
     for option in ("drop_used_negatives", "paper_negatives"):
         if getattr(args, option) and args.dataset != "frappe":
             sys.exit(f"--{option.replace('_', '-')} is for --dataset frappe")
-    if args.dataset == "files":
-        if not (args.fields and args.train and args.validation and args.test):
-            sys.exit("--dataset files needs --fields, --train, --validation and --test")
-        return datasets.load_files(
-            args.task,
-            FeatureSpec.parse(args.fields, args.label),
-            args.train,
-            args.validation,
-            args.test,
-        )
+    if args.dataset == "files" and not (
+        args.fields and args.train and args.validation and args.test
+    ):
+        sys.exit("--dataset files needs --fields, --train, --validation and --test")
     try:
+        if args.dataset == "files":
+            return datasets.load_files(
+                args.task,
+                FeatureSpec.parse(args.fields, args.label),
+                args.train,
+                args.validation,
+                args.test,
+            )
         return datasets.load(
             args.dataset,
             args.task,

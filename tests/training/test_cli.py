@@ -134,6 +134,34 @@ def test_a_start_or_bundle_that_is_not_a_bundle_is_named_not_a_traceback(tmp_pat
         train_tiny(tmp_path, "--task", "rating", "--init-from", str(served_only))
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "problem"),
+    [
+        ("--epochs", "0", "must be at least 1, not 0"),
+        ("--batch-size", "0", "must be at least 1"),  # was a ZeroDivisionError
+        ("--max-rows", "0", "must be at least 1"),  # was taken as no cap at all
+        ("--embedding-dim", "0", "must be at least 1"),  # was a model with no embeddings
+        ("--lr", "-1", "must be above 0.0, not -1"),  # was torch's ValueError traceback
+        ("--fm-lr", "0", "must be above 0.0"),
+        ("--dropout", "1.5", "must be in [0.0, 1.0), not 1.5"),
+        ("--l2-attention", "-0.001", "must be at least 0.0"),
+        ("--seed", "-1", "must be at least 0"),
+        ("--lr", "abc", "invalid float value: 'abc'"),
+    ],
+)
+def test_a_bad_number_stops_at_parsing_naming_the_option(option, value, problem, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["train", option, value])
+    assert f"argument {option}: {problem}" in capsys.readouterr().err
+
+
+def test_a_missing_data_file_is_named_not_a_traceback(tmp_path):
+    missing = tmp_path / "nope.csv"
+    with pytest.raises(SystemExit, match=r"nope\.csv"):
+        main(["train", "--quick", "--dataset", "files", "--fields", "a,b", "--train", str(missing),
+              "--validation", str(missing), "--test", str(missing), "--out", str(tmp_path)])  # fmt: skip
+
+
 def test_fm_trained_with_batch_norm_publishes_a_plain_fm(tmp_path, capsys):
     main(["train", "--quick", "--task", "rating", "--model", "fm", "--batch-norm",
           "--name", "bn", "--out", str(tmp_path)])  # fmt: skip
