@@ -278,6 +278,13 @@ class RequestSchemas:
                     [(field_path(loc), f"more than {self.max_rows} rows")],
                 )
         details = validation_details(errors, strip=1)
+        missing = {tuple(e["loc"])[1:] for e in errors if e["type"] == "missing"}
+        if {("context",), ("candidates",)} <= missing:  # neither shape: say what the two are
+            return ValidationFailed(
+                "the body holds no rows: send `instances` (whole rows), or a `context` and its"
+                " `candidates`",
+                details,
+            )
         return ValidationFailed("the request does not match the model's fields", details)
 
     def openapi(self, ref_template: str) -> tuple[dict[str, Any], dict[str, Any]]:

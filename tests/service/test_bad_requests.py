@@ -357,3 +357,11 @@ def test_error_problems_say_what_is_wrong(http: httpx.Client) -> None:
     assert problems["instances[0].price"] == "missing"
     assert problems["instances[0].colour"] == "unknown field"
     assert problems["instances[0].user"].startswith("null")
+
+
+def test_a_body_of_neither_shape_is_told_both(http: httpx.Client) -> None:
+    error = http.post("/predict", json={"rows": [ROW]}).json()["error"]
+    assert "send `instances` (whole rows), or a `context` and its `candidates`" in error["message"]
+    assert {d["field"]: d["problem"] for d in error["details"]}["rows"] == "unknown field"
+    error = http.post("/predict", json={"context": CONTEXT}).json()["error"]  # one shape, half
+    assert error["message"] == "the request does not match the model's fields"
