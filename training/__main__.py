@@ -20,19 +20,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def bounded(kind: type, low: float, high: float | None = None, low_open: bool = False) -> Any:
-    """An argparse type for `kind` values from `low` (excluded with low_open) up to, not
-    including, `high`: a bad option stops at once with its name, not later in torch with a
+def bounded(
+    kind: type,
+    low: float,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = True,
+) -> Any:
+    """An argparse type for `kind` values from `low` to `high` (None: no upper end), each end
+    left out when open: a bad option stops at once with its name, not later in torch with a
     traceback (or, for --max-rows 0, as no cap at all)."""
 
     def parse(text: str) -> Any:
         value = kind(text)
-        if high is not None and not low <= value < high:
-            raise argparse.ArgumentTypeError(f"must be in [{low}, {high}), not {text}")
-        if value < low or (low_open and value == low):
+        too_low = value <= low if low_open else value < low
+        too_high = high is not None and (value >= high if high_open else value > high)
+        if high is None and too_low:
             raise argparse.ArgumentTypeError(
                 f"must be {'above' if low_open else 'at least'} {low}, not {text}"
             )
+        if too_low or too_high:
+            left, right = "(" if low_open else "[", ")" if high_open else "]"
+            raise argparse.ArgumentTypeError(f"must be in {left}{low}, {high}{right}, not {text}")
         return value
 
     parse.__name__ = kind.__name__  # argparse's "invalid int value: 'x'" names the kind
@@ -45,14 +54,8 @@ positive_float, non_negative_float, dropout_rate = (
     bounded(float, 0.0),
     bounded(float, 0.0, 1.0),
 )
-
-
-def decay_factor(text: str) -> float:
-    """argparse type of --lr-decay: a factor in (0, 1], 1 meaning a constant rate."""
-    factor = float(text)
-    if not 0.0 < factor <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], not {text}")
-    return factor
+# --lr-decay: a factor in (0, 1], 1 meaning a constant rate
+decay_factor = bounded(float, 0, 1, low_open=True, high_open=False)
 
 
 def build_parser(quick: bool = False) -> argparse.ArgumentParser:
