@@ -61,6 +61,9 @@ from typing import Any
 import numpy as np
 import orjson
 
+from training import bundle as bundles
+from training.bundle.features import CategoricalField, FeatureEncoder
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 MODELS = RESULTS / "models"
@@ -141,14 +144,10 @@ def build_bundle(models_dir: Path) -> Path:
     ]  # fmt: skip
     print(f"building the bundle: {shlex.join(command)}", file=sys.stderr)
     subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    from training import bundle as bundles
-
     return bundles.resolve(models_dir, BUNDLE_NAME)
 
 
 def find_bundle(path: Path | None, models_dir: Path, rebuild: bool) -> Path:
-    from training import bundle as bundles
-
     if path is not None:
         return path
     if not rebuild:
@@ -157,19 +156,18 @@ def find_bundle(path: Path | None, models_dir: Path, rebuild: bool) -> Path:
     return build_bundle(models_dir)
 
 
-def ranking_request(manifest: dict[str, Any], candidates: int) -> dict[str, Any]:
+def ranking_request(encoder: FeatureEncoder, candidates: int) -> dict[str, Any]:
     """A realistic ranking request: the context from training vocabularies, distinct items."""
-    fields = manifest["fields"]
-    item = "item" if any(f["name"] == "item" for f in fields) else fields[-1]["name"]
+    item = "item" if "item" in encoder.names else encoder.names[-1]
     context: dict[str, Any] = {}
-    for f in fields:
-        if f["name"] == item:
+    for f in encoder.fields:
+        if f.name == item:
             continue
-        if f["kind"] == "categorical":
-            context[f["name"]] = next(iter(f["vocabulary"]))  # the most frequent value
+        if isinstance(f, CategoricalField):
+            context[f.name] = next(iter(f.vocabulary))  # the most frequent value
         else:
-            context[f["name"]] = round(float(f["mean"]), 2)
-    items = list(next(f for f in fields if f["name"] == item)["vocabulary"])
+            context[f.name] = round(f.mean, 2)
+    items = list(encoder.field(item).examples(n=candidates))
     if len(items) < candidates:
         items += [f"unseen-{i}" for i in range(candidates - len(items))]
     return {"context": context, "candidates": [{item: v} for v in items[:candidates]]}
@@ -182,12 +180,10 @@ def limit_rows_per_second(
     bundle_dir: Path, requests: dict[int, dict[str, Any]], seconds: float
 ) -> dict[int, Rate]:
     """onnxruntime in-process, one thread, the service's session options, pre-encoded batches."""
-    from service.runtime import SCORE, session_options
-    from service.settings import Settings
-    from training import bundle as bundles
+    from service.runtime import SCORE
 
     bundle = bundles.read(bundle_dir)
-    session = bundle.session(session_options(Settings(intra_op_threads=1)))
+    session = bundle.session(bundles.session_options(intra_op_threads=1))
     results = {}
     for n, request in requests.items():
         rows = [{**request["context"], **c} for c in request["candidates"]]
@@ -615,8 +611,8 @@ def main(argv: Sequence[str] | None = None) -> str:
         print("wrk not found (apt-get install -y wrk): using the Python generator", file=sys.stderr)
 
     bundle_dir = find_bundle(args.bundle, args.models_dir, args.rebuild).resolve()
-    manifest = json.loads((bundle_dir / "bundle.json").read_text())
-    requests = {n: ranking_request(manifest, n) for n in args.sizes}
+    encoder = bundles.read(bundle_dir).encoder
+    requests = {n: ranking_request(encoder, n) for n in args.sizes}
     bodies = {n: orjson.dumps(r) for n, r in requests.items()}
     RESULTS.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="serving-", dir=RESULTS))
@@ -676,7 +672,7 @@ def main(argv: Sequence[str] | None = None) -> str:
         "machine": f"{cpu_model()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
         "command": "`" + shlex.join([".venv/bin/python", "-m", "benchmarks.serving", *given]) + "`",
         "bundle": (
-            f"{relative}: AFM k=64, t=64, {len(manifest['fields'])} fields (the synthetic data "
+            f"{relative}: AFM k=64, t=64, {len(encoder.fields)} fields (the synthetic data "
             "set: frappe's 10 plus a numeric price), 1 epoch on 20,000 rows"
         ),
         "pinning": (

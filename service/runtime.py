@@ -22,7 +22,7 @@ from service.metrics import ServiceMetrics
 from service.schemas import PredictRequest, RequestSchemas, build_request_schemas
 from service.settings import Settings
 from training import bundle as bundles
-from training.features import FeatureEncoder
+from training.bundle.features import CategoricalField, FeatureEncoder
 
 log = logging.getLogger("service.runtime")
 
@@ -58,19 +58,6 @@ class _Split:
     candidates: FeatureEncoder
     candidate_positions: list[int]
     candidate_fields: frozenset[str]
-
-
-def session_options(settings: Settings) -> ort.SessionOptions:
-    """onnxruntime options for small, latency-bound batches on few cores."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = settings.intra_op_threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.enable_cpu_mem_arena = True
-    options.enable_mem_pattern = True
-    options.log_severity_level = 3
-    return options
 
 
 class ServedModel:
@@ -329,27 +316,28 @@ class ServedModel:
 
     def _model_card(self) -> dict[str, Any]:
         manifest = self.bundle.manifest
-        fields = []
-        for f in self.encoder.fields:
-            categorical = f.kind == "categorical"
-            fields.append(
-                {
-                    "name": f.name,
-                    "kind": f.kind,
-                    "cardinality": len(f.vocabulary) if categorical else None,
-                    "examples": f.examples(3) if categorical else [round(f.mean, 3)],
-                }
-            )
+        fields = [
+            {
+                "name": f.name,
+                "kind": f.kind,
+                "cardinality": len(f.vocabulary) if isinstance(f, CategoricalField) else None,
+                "examples": f.examples(3)
+                if isinstance(f, CategoricalField)
+                else [round(f.mean, 3)],
+            }
+            for f in self.encoder.fields
+        ]
+        attention = manifest.global_attention
         return {
             "name": self.name,
             "version": self.version,
             "task": self.task,
-            "link": manifest.get("link", {}),
-            "created": manifest.get("created"),
+            "link": manifest.link.model_dump(),
+            "created": manifest.created,
             "fields": fields,
             "pairs": len(self.pairs),
-            "metrics": manifest.get("metrics", {}),
-            "global_attention": manifest.get("global_attention"),
+            "metrics": manifest.metrics.model_dump() if manifest.metrics else {},
+            "global_attention": [a.model_dump() for a in attention] if attention else None,
         }
 
 
@@ -394,7 +382,7 @@ class ModelRuntime:
                 raise NotFound(str(error), [(field, error.reason)]) from None
             try:
                 bundle = bundles.read(path)
-                session = bundle.session(session_options(self.settings))
+                session = bundle.session(bundles.session_options(self.settings.intra_op_threads))
                 served = ServedModel(bundle, session, self.settings, self.metrics)
                 served.warm_up(self.warm_up_sizes())
             except bundles.BundleError as error:

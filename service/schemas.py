@@ -30,7 +30,7 @@ from service.errors import (
     field_path,
     validation_details,
 )
-from training.features import FeatureEncoder, FittedField
+from training.bundle.features import CategoricalField, FeatureEncoder, NumericField
 
 Value: TypeAlias = str | float
 ROW_LISTS = ("instances", "candidates")
@@ -193,8 +193,8 @@ def parse_reload(body: bytes) -> ReloadRequest:
 _TypedDict: Any = TypedDict
 
 
-def _value_type(field: FittedField, max_length: int) -> Any:
-    if field.kind == "numeric":
+def _value_type(field: CategoricalField | NumericField, max_length: int) -> Any:
+    if isinstance(field, NumericField):
         description = f"numeric, standardised with mean {field.mean:.6g} and std {field.std:.6g}"
         return Annotated[
             float,

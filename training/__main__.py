@@ -7,7 +7,10 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from training.bundle import Manifest
 
 # --quick: a tiny run that exercises every step; options given explicitly still win
 QUICK = {"max_rows": 2000, "epochs": 1, "fm_epochs": 1, "embedding_dim": 8, "attention_dim": 8}
@@ -302,7 +305,7 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
 
 def load_splits(args: argparse.Namespace) -> Any:
     from training import datasets
-    from training.features import FeatureSpec
+    from training.bundle.features import FeatureSpec
 
     for option in ("drop_used_negatives", "paper_negatives"):
         if getattr(args, option) and args.dataset != "frappe":
@@ -364,22 +367,24 @@ def require_same_fields(bundle_fields: list[str], data_fields: list[str], option
         )
 
 
-def trained_on(manifest: dict[str, Any], splits: Any) -> bool:
+def trained_on(manifest: Manifest, splits: Any) -> bool:
     """Whether a bundle was trained on exactly these splits (same files, split seed, row cap)."""
-    return bool(manifest.get("data", {}).get("fingerprint") == splits.fingerprint)
+    return manifest.data is not None and manifest.data.fingerprint == splits.fingerprint
 
 
-def require_same_data(manifest: dict[str, Any], splits: Any, task: str) -> None:
+def require_same_data(manifest: Manifest, splits: Any, task: str) -> None:
     """--init-from is the paper's pre-training on the same split: a start trained on other rows
     (another split seed, say) has seen this run's test rows, and its test RMSE would say nothing.
     The vocabularies come from the start too, so other data would mostly fall to OOV."""
-    if manifest["task"] != task:
-        sys.exit(f"--init-from: that bundle was trained for --task {manifest['task']}, not {task}")
+    if manifest.task != task:
+        sys.exit(f"--init-from: that bundle was trained for --task {manifest.task}, not {task}")
     if not trained_on(manifest, splits):
-        trained = manifest.get("data", {})
+        dataset, fingerprint = (
+            (manifest.data.dataset, manifest.data.fingerprint) if manifest.data else (None, None)
+        )
         sys.exit(
-            f"--init-from: that bundle was trained on other data ({trained.get('dataset')},"
-            f" fingerprint {str(trained.get('fingerprint'))[:12]}) than this run's"
+            f"--init-from: that bundle was trained on other data ({dataset},"
+            f" fingerprint {str(fingerprint)[:12]}) than this run's"
             f" ({splits.name}, {splits.fingerprint[:12]}): use the data options of the run that"
             " trained it (data set and format, negatives, --max-rows, --seed where it draws the"
             " split)"
@@ -412,7 +417,7 @@ def train(args: argparse.Namespace) -> Path:
     import torch
 
     from training import export, metrics, plots
-    from training.features import FeatureEncoder
+    from training.bundle.features import FeatureEncoder
     from training.model import AFM, AFMConfig
     from training.trainer import Tensors, TrainConfig, evaluate, fit
 
@@ -568,7 +573,7 @@ def evaluate_bundle(args: argparse.Namespace) -> dict[str, float]:
         )
     table = getattr(splits, args.split)
     scores = loaded.score(table.columns)
-    low, high = loaded.manifest["label_range"]
+    low, high = loaded.manifest.label_range
     result = metrics.compute(loaded.task, table.label, scores, (low, high))
     print(
         json.dumps({"bundle": str(args.bundle), "split": args.split, "rows": len(table), **result})
@@ -617,8 +622,9 @@ def reproduce(args: argparse.Namespace) -> None:
     afm = bundle.read(afm_path).manifest
     fm = bundle.read(bundle.resolve(args.out, "frappe-fm")).manifest
     print("\nfrappe test RMSE (paper: AFM 0.3102, LibFM 0.3385)")
-    print(f"  FM   {fm['metrics']['test']['rmse']:.4f}   {args.out}/frappe-fm/{fm['version']}")
-    print(f"  AFM  {afm['metrics']['test']['rmse']:.4f}   {args.out}/frappe-afm/{afm['version']}")
+    for label, manifest in (("FM ", fm), ("AFM", afm)):
+        rmse = manifest.metrics.test["rmse"] if manifest.metrics else float("nan")
+        print(f"  {label}  {rmse:.4f}   {args.out}/{manifest.name}/{manifest.version}")
 
 
 def reproduce_argv(args: argparse.Namespace) -> list[str]:

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from training.bundle import sha256_file
-from training.features import FeatureSpec, FieldSpec
+from training.bundle.features import FeatureSpec, FieldSpec
 from training.readers import Table, from_arrow, read_libfm, read_table
 
 Task = Literal["ctr", "rating"]

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from training import bundle
-from training.features import FeatureEncoder
+from training.bundle.features import FeatureEncoder
 from training.model import AFM, AFMConfig
 
 OPSET = 18
@@ -102,7 +102,7 @@ def publish_bundle(
         "link": link,
         "label_range": list(label_range),
         "num_features": encoder.num_features,
-        **encoder.to_dict(),
+        "fields": encoder.fields,
         "pairs": pairs,
         "io": bundle.io_signature(len(names), len(pairs)),
         "opset": OPSET,
@@ -131,8 +131,5 @@ def load_checkpoint(bundle_dir: Path) -> AFM:
     """Rebuild the PyTorch model of a published bundle from the config saved beside its weights."""
     saved = torch.load(Path(bundle_dir) / "checkpoint.pt", weights_only=True)
     model = AFM(AFMConfig(**saved["model_config"]))
-    state = saved["state_dict"]
-    # FM checkpoints written before FM's p was saved (it was always ones then) still load
-    state.setdefault("projection", torch.ones(model.config.embedding_dim))
-    model.load_state_dict(state)
+    model.load_state_dict(saved["state_dict"])
     return model

@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from training.features import MISSING, FeatureSpec
+from training.bundle.features import MISSING, FeatureSpec
 
 
 @dataclass

@@ -160,7 +160,8 @@ def test_model_card_lists_fields_examples_metrics_and_global_attention(
     assert fields["item"]["cardinality"] == len(item.vocabulary)
     assert fields["item"]["examples"] == list(item.vocabulary)[:3]
     assert fields["price"]["kind"] == "numeric"
-    assert card["metrics"] == served_bundle.manifest["metrics"]
+    assert served_bundle.manifest.metrics is not None
+    assert card["metrics"] == served_bundle.manifest.metrics.model_dump()
     assert len(card["global_attention"]) == len(served_bundle.pairs)
 
 

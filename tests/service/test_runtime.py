@@ -214,6 +214,6 @@ def test_log_lines_are_json_with_the_request_id() -> None:
 def test_model_card_is_built_from_the_manifest(model: ServedModel, tiny_bundle: Path) -> None:
     manifest = bundles.read(tiny_bundle).manifest
     card = model.card()
-    assert card["created"] == manifest["created"]
-    assert card["pairs"] == len(manifest["pairs"])
-    assert [f["name"] for f in card["fields"]] == [f["name"] for f in manifest["fields"]]
+    assert card["created"] == manifest.created
+    assert card["pairs"] == len(manifest.pairs)
+    assert [f["name"] for f in card["fields"]] == [f.name for f in manifest.fields]

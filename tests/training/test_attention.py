@@ -9,8 +9,8 @@ from training.datasets import SYNTHETIC_PLANTED
 
 
 def ranked_pairs(path) -> list[tuple[str, str]]:
-    attention = bundle.read(path).manifest["global_attention"]
-    return [tuple(a["fields"]) for a in sorted(attention, key=lambda a: -a["mean_attention"])]
+    attention = bundle.read(path).manifest.global_attention or []
+    return [a.fields for a in sorted(attention, key=lambda a: -a.mean_attention)]
 
 
 @pytest.mark.slow
@@ -20,7 +20,8 @@ def test_planted_pairs_receive_the_highest_mean_attention(tmp_path):
         "--embedding-dim", "16", "--attention-dim", "16",
     )  # fmt: skip
     # --quick sets 1 epoch and k=8 first; the explicit options above must win
-    assert bundle.read(path).manifest["training_config"]["epochs"] == 6
+    config = bundle.read(path).manifest.training_config
+    assert config is not None and config.epochs == 6
     top = ranked_pairs(path)[: len(SYNTHETIC_PLANTED)]
     assert set(top) == set(SYNTHETIC_PLANTED)
 
@@ -41,7 +42,7 @@ def test_attention_weights_vary_across_pairs_on_frappe(tmp_path):
         "--embedding-dim", "16", "--attention-dim", "16",
     )  # fmt: skip
     loaded = bundle.read(path)
-    weights = np.array([a["mean_attention"] for a in loaded.manifest["global_attention"]])
+    weights = np.array([a.mean_attention for a in loaded.manifest.global_attention or []])
     assert weights.sum() == pytest.approx(1.0, abs=1e-4)
     assert weights.max() / weights.min() > 1.1  # uniform would be exactly 1
     table = datasets.load("frappe", "rating", max_rows=64).test

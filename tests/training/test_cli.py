@@ -8,6 +8,19 @@ import torch
 from tests.conftest import train_tiny
 from training import bundle
 from training.__main__ import main, parse_args, reproduce_argv
+from training.bundle.manifest import TrainingConfig
+
+
+def training(published: bundle.Bundle) -> TrainingConfig:
+    config = published.manifest.training_config
+    assert config is not None
+    return config
+
+
+def metrics_on(published: bundle.Bundle, split: str) -> dict[str, float]:
+    metrics = published.manifest.metrics
+    assert metrics is not None
+    return dict(getattr(metrics, split))
 
 
 def test_quick_training_publishes_a_complete_bundle(tmp_path, capsys):
@@ -22,11 +35,11 @@ def test_quick_training_publishes_a_complete_bundle(tmp_path, capsys):
         "attention.png",
     } <= files
     manifest = bundle.read(path).manifest
-    assert manifest["task"] == "ctr" and manifest["model"] == "afm"
-    assert set(manifest["metrics"]) == {"validation", "test"}
-    assert 0.0 <= manifest["metrics"]["test"]["auc"] <= 1.0
-    assert manifest["training_config"]["epochs"] == 1
-    assert len(manifest["data"]["fingerprint"]) == 64
+    assert manifest.task == "ctr" and manifest.model == "afm"
+    assert manifest.metrics is not None and manifest.metrics.validation
+    assert 0.0 <= manifest.metrics.test["auc"] <= 1.0
+    assert manifest.training_config is not None and manifest.training_config.epochs == 1
+    assert manifest.data is not None and len(manifest.data.fingerprint) == 64
     assert "published" in capsys.readouterr().out
 
 
@@ -41,8 +54,8 @@ def test_same_seed_gives_the_same_model(tmp_path):
     a = bundle.read(train_tiny(tmp_path, "--name", "a", "--seed", "3")).manifest
     b = bundle.read(train_tiny(tmp_path, "--name", "b", "--seed", "3")).manifest
     c = bundle.read(train_tiny(tmp_path, "--name", "c", "--seed", "4")).manifest
-    assert a["metrics"] == b["metrics"] and a["bias"] == b["bias"]
-    assert a["metrics"] != c["metrics"]
+    assert a.metrics == b.metrics and a.bias == b.bias
+    assert a.metrics != c.metrics
 
 
 def test_rating_task_with_fm_pretraining_publishes_fm_then_afm(tmp_path):
@@ -62,16 +75,16 @@ def test_rating_task_with_fm_pretraining_publishes_fm_then_afm(tmp_path):
         ]
     )
     fm, afm = bundle.read(tmp_path / "s-fm" / "1"), bundle.read(tmp_path / "s-afm" / "1")
-    assert fm.manifest["model"] == "fm" and afm.manifest["model"] == "afm"
-    assert afm.manifest["link"] == {"kind": "clip", "min": -1.0, "max": 1.0}
-    assert fm.manifest["training_config"]["lr_decay"] == 0.5  # each phase has its own schedule
-    assert afm.manifest["training_config"]["lr_decay"] == 1.0
-    assert "rmse" in afm.manifest["metrics"]["test"]
+    assert fm.manifest.model == "fm" and afm.manifest.model == "afm"
+    assert afm.manifest.link.model_dump() == {"kind": "clip", "min": -1.0, "max": 1.0}
+    assert training(fm).lr_decay == 0.5  # each phase has its own schedule
+    assert training(afm).lr_decay == 1.0
+    assert "rmse" in metrics_on(afm, "test")
     # the AFM phase is reseeded: the same as starting AFM from the published FM bundle by hand
     main(["train", "--quick", "--task", "rating", "--init-from", str(tmp_path / "s-fm" / "1"),
           "--name", "s-afm", "--out", str(tmp_path)])  # fmt: skip
     by_hand = bundle.read(tmp_path / "s-afm" / "2").manifest
-    assert by_hand["history"] == afm.manifest["history"] and by_hand["bias"] == afm.manifest["bias"]
+    assert by_hand.history == afm.manifest.history and by_hand.bias == afm.manifest.bias
 
 
 def test_an_afm_started_from_an_afm_bundle_goes_on_from_all_its_weights(tmp_path, capsys):
@@ -82,7 +95,7 @@ def test_an_afm_started_from_an_afm_bundle_goes_on_from_all_its_weights(tmp_path
     )
     start = next(line for line in capsys.readouterr().out.splitlines() if " start: " in line)
     # the attention network comes along too: the start scores exactly as the first model did
-    first_rmse = bundle.read(first).manifest["metrics"]["validation"]["rmse"]
+    first_rmse = metrics_on(bundle.read(first), "validation")["rmse"]
     assert start.startswith(f"b start: valid rmse {first_rmse:.4f}")
     with pytest.raises(SystemExit, match="attention size differs"):
         train_tiny(tmp_path, "--task", "rating", "--init-from", str(first), "--attention-dim", "3")
@@ -167,20 +180,21 @@ def test_fm_trained_with_batch_norm_publishes_a_plain_fm(tmp_path, capsys):
           "--name", "bn", "--out", str(tmp_path)])  # fmt: skip
     path = tmp_path / "bn" / "1"
     manifest = bundle.read(path).manifest
-    assert manifest["training_config"]["batch_norm"] is True
-    assert manifest["model_config"]["batch_norm"] is False  # folded into p and w0
+    assert manifest.training_config is not None and manifest.training_config.batch_norm
+    assert manifest.network is not None and not manifest.network.batch_norm  # folded into p and w0
     capsys.readouterr()
     main(["evaluate", "--bundle", str(path), "--max-rows", "2000", "--split", "test"])
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert printed["rmse"] == pytest.approx(manifest["metrics"]["test"]["rmse"], abs=1e-4)
+    assert manifest.metrics is not None
+    assert printed["rmse"] == pytest.approx(manifest.metrics.test["rmse"], abs=1e-4)
 
 
 def test_afm_from_a_batch_norm_fm_with_the_authors_start(tmp_path):
     main(["train", "--quick", "--task", "rating", "--pretrain-fm", "--fm-batch-norm",
           "--fm-start", "authors", "--name", "a-afm", "--out", str(tmp_path)])  # fmt: skip
     afm = bundle.read(tmp_path / "a-afm" / "1").manifest
-    assert afm["training_config"]["fm_start"] == "authors"
-    assert bundle.read(tmp_path / "a-fm" / "1").manifest["training_config"]["batch_norm"] is True
+    assert afm.training_config is not None and afm.training_config.fm_start == "authors"
+    assert training(bundle.read(tmp_path / "a-fm" / "1")).batch_norm
     with pytest.raises(SystemExit, match="batch-norm"):
         main(["train", "--quick", "--model", "afm", "--batch-norm", "--out", str(tmp_path)])
 
@@ -192,7 +206,7 @@ def test_files_dataset_trains_on_a_declared_spec(tmp_path):
     main(["train", "--quick", "--dataset", "files", "--fields", "user,item,weather:categorical:2",
           "--train", str(csv), "--validation", str(parquet), "--test", str(csv), "--out", str(tmp_path / "m")])  # fmt: skip
     manifest = bundle.read(tmp_path / "m" / "files-afm" / "1").manifest
-    assert [f["name"] for f in manifest["fields"]] == ["user", "item", "weather"]
+    assert [f.name for f in manifest.fields] == ["user", "item", "weather"]
 
 
 def test_evaluate_scores_a_bundle_through_onnxruntime(tmp_path, capsys):
@@ -200,9 +214,7 @@ def test_evaluate_scores_a_bundle_through_onnxruntime(tmp_path, capsys):
     capsys.readouterr()
     main(["evaluate", "--bundle", str(path), "--max-rows", "2000", "--split", "test"])
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert printed["auc"] == pytest.approx(
-        bundle.read(path).manifest["metrics"]["test"]["auc"], abs=1e-4
-    )
+    assert printed["auc"] == pytest.approx(metrics_on(bundle.read(path), "test")["auc"], abs=1e-4)
 
 
 @pytest.mark.parametrize("factor", ["0", "1.5", "-0.5"])
@@ -286,10 +298,12 @@ def test_training_on_cuda_publishes_a_bundle_that_scores_as_it_trained(tmp_path,
     main(["train", "--quick", "--task", "rating", "--pretrain-fm", "--fm-batch-norm", "--device",
           "cuda", "--l2-attention", "1e-3", "--name", "g-afm", "--out", str(tmp_path)])  # fmt: skip
     manifest = bundle.read(tmp_path / "g-afm" / "1").manifest
-    assert manifest["training_config"]["device"] == "cuda"
-    assert len(manifest["history"]) == 1 and manifest["history"][0]["train_loss"] > 0
+    assert manifest.training_config is not None and manifest.training_config.device == "cuda"
+    assert manifest.history is not None and len(manifest.history) == 1
+    assert manifest.history[0]["train_loss"] > 0
     capsys.readouterr()
     # the exported graph, run by onnxruntime on the CPU, scores as the GPU-trained weights did
     main(["evaluate", "--bundle", str(tmp_path / "g-afm" / "1"), "--max-rows", "2000", "--split", "test"])  # fmt: skip
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert printed["rmse"] == pytest.approx(manifest["metrics"]["test"]["rmse"], abs=1e-4)
+    assert manifest.metrics is not None
+    assert printed["rmse"] == pytest.approx(manifest.metrics.test["rmse"], abs=1e-4)

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from training import datasets
-from training.features import FeatureEncoder, FeatureSpec, FieldSpec
+from training.bundle.features import FeatureEncoder, FeatureSpec, FieldSpec
 from training.readers import read_libfm, read_table
 
 FIELDS = ["user", "item", "weather"]

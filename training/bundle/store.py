@@ -1,11 +1,10 @@
-"""The model bundle (DESIGN.md, contract 1): writer for training, verified reader for the service.
+"""Bundles on disk: publish atomically, resolve a version, read back only when every check passes.
 
     models/<name>/<version>/model.onnx + bundle.json (+ checkpoint.pt, plots)
 
-Torch-free: the service imports this module and onnxruntime, nothing of PyTorch.
-A bundle is published atomically (staged in a hidden sibling folder, then renamed to the next
-version), and read back only when every check passes: format version, files present, the graph's
-sha256, and the graph's inputs and outputs against what bundle.json declares.
+A bundle is staged in a hidden sibling folder and renamed to the next version. Reading checks the
+manifest against its schema, the files, the graph's sha256 and, when a session is opened, the
+graph's inputs and outputs against what bundle.json declares.
 """
 
 from __future__ import annotations
@@ -23,40 +22,15 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+from pydantic import ValidationError
 
-from training.features import FeatureEncoder
+from training.bundle.errors import BundleError
+from training.bundle.features import FeatureEncoder
+from training.bundle.manifest import FORMAT_VERSION, Manifest, problems
+from training.bundle.session import open_session
 
-FORMAT_VERSION = 1
 MANIFEST = "bundle.json"
 GRAPH = "model.onnx"
-INPUTS = ("feature_index", "feature_value")
-OUTPUTS = ("score", "raw", "attention", "pair_contribution", "linear_contribution")
-ORT_TYPES = {"tensor(int64)": "int64", "tensor(float)": "float32"}
-
-
-class BundleError(Exception):
-    """A bundle that must not be served; the message names the cause."""
-
-    def __init__(self, path: Path | str, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path, self.reason = Path(path), reason
-
-
-def io_signature(num_fields: int, num_pairs: int) -> dict[str, dict[str, dict[str, Any]]]:
-    """The graph's I/O as bundle.json declares it; `batch` is the dynamic axis."""
-    return {
-        "inputs": {
-            "feature_index": {"dtype": "int64", "shape": ["batch", num_fields]},
-            "feature_value": {"dtype": "float32", "shape": ["batch", num_fields]},
-        },
-        "outputs": {
-            "score": {"dtype": "float32", "shape": ["batch"]},
-            "raw": {"dtype": "float32", "shape": ["batch"]},
-            "attention": {"dtype": "float32", "shape": ["batch", num_pairs]},
-            "pair_contribution": {"dtype": "float32", "shape": ["batch", num_pairs]},
-            "linear_contribution": {"dtype": "float32", "shape": ["batch", num_fields]},
-        },
-    }
 
 
 @dataclass
@@ -64,28 +38,28 @@ class Bundle:
     """A verified bundle on disk: its manifest and the feature encoding it was trained with."""
 
     path: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     encoder: FeatureEncoder
 
     @property
     def name(self) -> str:
-        return str(self.manifest["name"])
+        return self.manifest.name
 
     @property
     def version(self) -> int:
-        return int(self.manifest["version"])
+        return self.manifest.version
 
     @property
     def task(self) -> str:
-        return str(self.manifest["task"])
+        return self.manifest.task
 
     @property
     def pairs(self) -> list[tuple[str, str]]:
-        return [(a, b) for a, b in self.manifest["pairs"]]
+        return list(self.manifest.pairs)
 
     @property
     def bias(self) -> float:
-        return float(self.manifest["bias"])
+        return self.manifest.bias
 
     @property
     def graph_path(self) -> Path:
@@ -93,21 +67,14 @@ class Bundle:
 
     def session(self, options: ort.SessionOptions | None = None) -> ort.InferenceSession:
         """An onnxruntime session on the graph, refused if its I/O disagrees with bundle.json."""
-        try:
-            session = ort.InferenceSession(
-                str(self.graph_path), sess_options=options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as error:  # onnxruntime raises its own types for corrupt graphs
-            raise BundleError(self.path, f"model.onnx does not load: {error}") from error
-        _check_io(self.path, session, self.manifest["io"])
-        return session
+        return open_session(self.graph_path, self.manifest.io, options)
 
-    def score(self, columns: Mapping[str, np.ndarray], batch_size: int = 8192) -> np.ndarray:
+    def score(self, columns: Mapping[str, Any], batch_size: int = 8192) -> np.ndarray:
         """The graph's `score` output (after the link) for raw feature columns, in batches."""
         return self.run(columns, ["score"], batch_size)["score"]
 
     def run(
-        self, columns: Mapping[str, np.ndarray], outputs: list[str], batch_size: int = 8192
+        self, columns: Mapping[str, Any], outputs: list[str], batch_size: int = 8192
     ) -> dict[str, np.ndarray]:
         """The named graph outputs (`score`, `attention`, ...) for raw feature columns."""
         encoded = self.encoder.encode(columns)
@@ -126,50 +93,27 @@ def read(path: Path | str) -> Bundle:
     if not manifest_path.is_file():
         raise BundleError(path, f"{MANIFEST} is missing (not a bundle, or half-written)")
     try:
-        manifest = json.loads(manifest_path.read_text())
+        data = json.loads(manifest_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise BundleError(path, f"{MANIFEST} is not valid JSON: {error}") from error
-    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
-        found = manifest.get("format_version") if isinstance(manifest, dict) else None
+    found = data.get("format_version") if isinstance(data, dict) else None
+    if found != FORMAT_VERSION:
         raise BundleError(
             path, f"unknown format version {found!r} (this reader knows {FORMAT_VERSION})"
         )
-    for key in ("name", "version", "task", "link", "fields", "pairs", "io", "sha256", "bias"):
-        if key not in manifest:
-            raise BundleError(path, f"{MANIFEST} lacks {key!r}")
+    try:
+        manifest = Manifest.model_validate(data)
+    except ValidationError as error:
+        raise BundleError(path, f"{MANIFEST} is not valid: {problems(error)}") from None
     graph = path / GRAPH
     if not graph.is_file():
         raise BundleError(path, f"{GRAPH} is missing")
-    if (digest := sha256_file(graph)) != manifest["sha256"]:
+    if (digest := sha256_file(graph)) != manifest.sha256:
         raise BundleError(
             path,
-            f"checksum mismatch: {GRAPH} has sha256 {digest}, bundle.json says {manifest['sha256']}",
+            f"checksum mismatch: {GRAPH} has sha256 {digest}, bundle.json says {manifest.sha256}",
         )
-    encoder = FeatureEncoder.from_dict(manifest)
-    expected = io_signature(len(encoder.fields), len(manifest["pairs"]))
-    if manifest["io"] != expected:
-        raise BundleError(
-            path, "the declared I/O does not match the fields and pairs of bundle.json"
-        )
-    return Bundle(path, manifest, encoder)
-
-
-def _check_io(path: Path, session: ort.InferenceSession, declared: Mapping[str, Any]) -> None:
-    for kind, nodes in (("inputs", session.get_inputs()), ("outputs", session.get_outputs())):
-        actual = {n.name: n for n in nodes}
-        if list(actual) != list(declared[kind]):
-            raise BundleError(
-                path, f"graph {kind} {list(actual)} differ from bundle.json {list(declared[kind])}"
-            )
-        for name, node in actual.items():
-            want = declared[kind][name]
-            dtype = ORT_TYPES.get(node.type, node.type)
-            shape = [d if isinstance(d, int) else "batch" for d in node.shape]
-            if dtype != want["dtype"] or shape != want["shape"]:
-                raise BundleError(
-                    path,
-                    f"graph {kind[:-1]} {name!r} is {dtype}{shape}, bundle.json says {want['dtype']}{want['shape']}",
-                )
+    return Bundle(path, manifest, manifest.encoder)
 
 
 def resolve(models_dir: Path | str, name: str | None = None, version: int | None = None) -> Path:
@@ -215,8 +159,9 @@ def publish(
 ) -> Path:
     """Write a bundle into a hidden staging folder, then rename it to the next version.
 
-    `write_files(folder)` writes model.onnx and any extras; bundle.json is written last, with the
-    graph's sha256, the version and the creation time filled in here.
+    `write_files(folder)` writes model.onnx and any extras. bundle.json is written last, with the
+    graph's sha256, the version and the creation time filled in here, and validated as `Manifest`
+    first: a writer cannot publish a bundle that a reader would refuse.
     """
     model_dir = Path(models_dir) / name
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -224,7 +169,7 @@ def publish(
     staging.mkdir()
     try:
         write_files(staging)
-        manifest = {
+        draft = {
             "format_version": FORMAT_VERSION,
             "name": name,
             **manifest,
@@ -233,8 +178,8 @@ def publish(
         }
         while True:
             version = max(versions(model_dir), default=0) + 1
-            manifest["version"] = version
-            (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
+            validated = Manifest.model_validate({**draft, "version": version})
+            (staging / MANIFEST).write_text(json.dumps(validated.to_json_dict(), indent=1))
             target = model_dir / str(version)
             try:
                 os.rename(staging, target)  # atomic; fails if another writer took this version

@@ -1,7 +1,7 @@
-"""Feature spec and fitted vocabularies: raw field values -> (feature_index, feature_value).
+"""Feature spec and fitted fields: raw field values -> (feature_index, feature_value).
 
-Torch-free on purpose: training writes this encoding into the bundle and the service reads it back,
-so both sides encode a row with the very same code.
+Training fits the fields and writes them into bundle.json; the service reads them back; both
+encode a row with this very code.
 
 Global index layout: every field owns a contiguous block of the one embedding table. A categorical
 field's block starts with its OOV slot (unseen, rare and missing values) followed by its vocabulary,
@@ -11,11 +11,13 @@ A numeric field owns one slot whose x_i is the standardised value, as in the pap
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Self
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, model_validator
 
 FieldKind = Literal["categorical", "numeric"]
 SMALL_COLUMN = 4096  # up to this many rows, look values up one by one
@@ -49,56 +51,78 @@ class FeatureSpec:
         for item in filter(None, (part.strip() for part in text.split(","))):
             name, *rest = item.split(":")
             kind = rest[0] if rest else "categorical"
-            if kind not in ("categorical", "numeric"):
+            if kind == "categorical":
+                fields.append(FieldSpec(name, "categorical", int(rest[1]) if len(rest) > 1 else 1))
+            elif kind == "numeric":
+                fields.append(FieldSpec(name, "numeric"))
+            else:
                 raise ValueError(f"field {name!r}: unknown kind {kind!r}")
-            min_count = int(rest[1]) if len(rest) > 1 else 1
-            fields.append(FieldSpec(name, kind, min_count))  # type: ignore[arg-type]
         if not fields:
             raise ValueError("a feature spec needs at least one field")
         return cls(tuple(fields), label)
 
 
-@dataclass
-class FittedField:
-    """A field with what was learnt from the training split."""
+class _FieldModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str
-    kind: FieldKind
-    offset: int  # first global index of the field's block; the OOV slot for categoricals
-    vocabulary: dict[str, int] = field(default_factory=dict)  # value -> global index
-    mean: float = 0.0
-    std: float = 1.0
+
+class CategoricalField(_FieldModel):
+    """A categorical field fitted on the training split: its block and its vocabulary."""
+
+    name: str = Field(min_length=1)
+    kind: Literal["categorical"]
+    offset: NonNegativeInt = Field(description="first global index of the block: the OOV slot")
+    oov_index: NonNegativeInt = Field(description="equal to offset")
+    vocabulary: dict[str, int] = Field(
+        description="value -> global index: offset + 1, offset + 2, ... in frequency order"
+    )
 
     @property
     def size(self) -> int:
-        return 1 + len(self.vocabulary) if self.kind == "categorical" else 1
-
-    @property
-    def oov_index(self) -> int:
-        return self.offset
+        return 1 + len(self.vocabulary)
 
     def examples(self, n: int = 3) -> list[str]:
-        return list(self.vocabulary)[:n] if self.kind == "categorical" else [f"{self.mean:.3g}"]
+        return list(self.vocabulary)[:n]
 
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.name, "kind": self.kind, "offset": self.offset}
-        if self.kind == "categorical":
-            out["oov_index"] = self.oov_index
-            out["vocabulary"] = self.vocabulary
-        else:
-            out["mean"], out["std"] = self.mean, self.std
-        return out
+    @model_validator(mode="after")
+    def _indices_fill_the_block(self) -> Self:
+        if self.oov_index != self.offset:
+            raise ValueError(f"oov_index {self.oov_index} is not the offset {self.offset}")
+        indices = np.fromiter(self.vocabulary.values(), np.int64, len(self.vocabulary))
+        expected = np.arange(self.offset + 1, self.offset + self.size, dtype=np.int64)
+        if not np.array_equal(np.sort(indices), expected):
+            raise ValueError(
+                f"vocabulary indices must be {self.offset + 1}..{self.offset + self.size - 1},"
+                " each once (the field's block after its OOV slot)"
+            )
+        return self
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> FittedField:
-        return cls(
-            name=data["name"],
-            kind=data["kind"],
-            offset=int(data["offset"]),
-            vocabulary={str(k): int(v) for k, v in data.get("vocabulary", {}).items()},
-            mean=float(data.get("mean", 0.0)),
-            std=float(data.get("std", 1.0)),
+    def fitted(cls, name: str, offset: int, values: Sequence[str]) -> CategoricalField:
+        vocabulary = {v: offset + 1 + i for i, v in enumerate(values)}
+        return cls.model_construct(
+            name=name, kind="categorical", offset=offset, oov_index=offset, vocabulary=vocabulary
         )
+
+
+class NumericField(_FieldModel):
+    """A numeric field: one slot whose x_i is (value - mean) / std."""
+
+    name: str = Field(min_length=1)
+    kind: Literal["numeric"]
+    offset: NonNegativeInt
+    mean: float = Field(allow_inf_nan=False)
+    std: float = Field(gt=0, allow_inf_nan=False)
+
+    @property
+    def size(self) -> int:
+        return 1
+
+    def examples(self, n: int = 3) -> list[str]:
+        return [f"{self.mean:.3g}"]
+
+
+FittedField = Annotated[CategoricalField | NumericField, Field(discriminator="kind")]
 
 
 @dataclass
@@ -112,9 +136,9 @@ class Encoded:
 
 @dataclass
 class FeatureEncoder:
-    """The fitted vocabularies of every field, in model order."""
+    """The fitted fields, in model order."""
 
-    fields: list[FittedField]
+    fields: list[CategoricalField | NumericField]
 
     @property
     def names(self) -> list[str]:
@@ -124,29 +148,30 @@ class FeatureEncoder:
     def num_features(self) -> int:
         return sum(f.size for f in self.fields)
 
-    def field(self, name: str) -> FittedField:
+    def field(self, name: str) -> CategoricalField | NumericField:
         for f in self.fields:
             if f.name == name:
                 return f
         raise KeyError(name)
 
     @classmethod
-    def fit(cls, spec: FeatureSpec, columns: Mapping[str, np.ndarray]) -> FeatureEncoder:
+    def fit(cls, spec: FeatureSpec, columns: Mapping[str, Any]) -> FeatureEncoder:
         """Fit vocabularies and numeric statistics on the training split only."""
-        fitted, offset = [], 0
+        fitted: list[CategoricalField | NumericField] = []
+        offset = 0
         for fs in spec.fields:
             column = columns[fs.name]
+            ff: CategoricalField | NumericField
             if fs.kind == "categorical":
-                vocab = _fit_vocabulary(np.asarray(column, dtype=str), fs.min_count)
-                ff = FittedField(
-                    fs.name, "categorical", offset, {v: offset + 1 + i for i, v in enumerate(vocab)}
-                )
+                vocabulary = _fit_vocabulary(np.asarray(column, dtype=str), fs.min_count)
+                ff = CategoricalField.fitted(fs.name, offset, vocabulary)
             else:
                 values = np.asarray(column, dtype=np.float64)
                 values = values[np.isfinite(values)]
-                std = float(values.std()) if values.size else 1.0
                 mean = float(values.mean()) if values.size else 0.0
-                ff = FittedField(fs.name, "numeric", offset, mean=mean, std=std if std > 0 else 1.0)
+                std = float(values.std()) if values.size else 1.0
+                std = std if std > 0 and math.isfinite(std) else 1.0
+                ff = NumericField(name=fs.name, kind="numeric", offset=offset, mean=mean, std=std)
             fitted.append(ff)
             offset += ff.size
         return cls(fitted)
@@ -158,7 +183,7 @@ class FeatureEncoder:
         value = np.ones((n, len(self.fields)), dtype=np.float32)
         unseen: dict[str, int] = {}
         for j, f in enumerate(self.fields):
-            if f.kind == "categorical":
+            if isinstance(f, CategoricalField):
                 index[:, j], unseen[f.name] = _lookup(f, columns[f.name])
             else:
                 raw = np.asarray(columns[f.name], dtype=np.float64)
@@ -166,13 +191,6 @@ class FeatureEncoder:
                 index[:, j] = f.offset
                 value[:, j] = np.where(np.isfinite(standardised), standardised, 0.0)
         return Encoded(index, value, unseen)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"fields": [f.to_dict() for f in self.fields]}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> FeatureEncoder:
-        return cls([FittedField.from_dict(f) for f in data["fields"]])
 
 
 def _fit_vocabulary(values: np.ndarray, min_count: int) -> list[str]:
@@ -182,14 +200,13 @@ def _fit_vocabulary(values: np.ndarray, min_count: int) -> list[str]:
     return [str(uniques[i]) for i in keep]
 
 
-def _lookup(f: FittedField, column: Sequence[Any] | np.ndarray) -> tuple[np.ndarray, int]:
+def _lookup(f: CategoricalField, column: Sequence[Any] | np.ndarray) -> tuple[np.ndarray, int]:
     values = np.asarray(column, dtype=str)
+    expand: np.ndarray | None = None
     if len(values) > SMALL_COLUMN:
         # Map each distinct value once: a long column holds far fewer distinct values than rows.
         uniques, inverse = np.unique(values, return_inverse=True)
         values, expand = uniques, inverse.reshape(-1)
-    else:
-        expand = None  # a request's few values: direct lookups beat sorting strings
     mapped = np.fromiter(
         (f.vocabulary.get(v, f.oov_index) for v in values.tolist()), np.int64, len(values)
     )

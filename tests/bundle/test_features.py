@@ -1,7 +1,10 @@
+import json
+
 import numpy as np
 import pytest
+from pydantic import TypeAdapter
 
-from training.features import MISSING, FeatureEncoder, FeatureSpec, FieldSpec
+from training.bundle.features import MISSING, FeatureEncoder, FeatureSpec, FieldSpec, FittedField
 
 SPEC = FeatureSpec((FieldSpec("user"), FieldSpec("city", min_count=2), FieldSpec("age", "numeric")))
 TRAIN = {
@@ -56,9 +59,11 @@ def test_numeric_field_is_standardised_and_missing_numbers_take_the_mean():
     assert encoded.value[:, :2].tolist() == [[1.0, 1.0], [1.0, 1.0]]
 
 
-def test_encoder_round_trips_through_json_dict():
+def test_fitted_fields_round_trip_through_json():
     encoder = FeatureEncoder.fit(SPEC, TRAIN)
-    again = FeatureEncoder.from_dict(encoder.to_dict())
+    written = json.loads(json.dumps([f.model_dump() for f in encoder.fields]))
+    again = FeatureEncoder([TypeAdapter(FittedField).validate_python(f) for f in written])
+    assert again.fields == encoder.fields
     columns = {"user": ["c", "b", "?"], "city": ["z", "y", "x"], "age": [25.0, 35.0, np.nan]}
     a, b = encoder.encode(columns), again.encode(columns)
     assert np.array_equal(a.index, b.index) and np.array_equal(a.value, b.value)
