@@ -44,12 +44,15 @@ COPY pyproject.toml deploy/pyproject_deps.py ./
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/python pyproject_deps.py pyproject.toml serve >requirements.txt \
  && /opt/venv/bin/pip install -r requirements.txt
-COPY README.md ./
-COPY training ./training
+COPY README.md deploy/serving_imports.py ./
+# Of training, the contract package alone (training/bundle/): the image holds no trainer code.
+COPY training/__init__.py ./training/__init__.py
+COPY training/bundle ./training/bundle
 COPY service ./service
 # The final stage gets this venv alone: no pip, setuptools or package test suites in it.
 RUN pip install --no-deps . \
- && python -c "import service.api, training.bundle, onnxruntime" \
+ && test ! -e /opt/venv/lib/python3.11/site-packages/training/model.py \
+ && cd / && python /src/serving_imports.py && cd /src \
  && pip uninstall -y -q pip setuptools \
  && find /opt/venv/lib -depth -type d -name tests -path '*/site-packages/*' -exec rm -rf {} +
 
