@@ -16,7 +16,7 @@ TRAIN = {
 
 def test_vocabulary_is_ordered_by_frequency_then_first_appearance():
     encoder = FeatureEncoder.fit(SPEC, TRAIN)
-    user = encoder.field("user")
+    user = encoder.categorical("user")
     assert user.vocabulary == {"b": 1, "a": 2, "c": 3}  # b x3, then a x2, then c; slot 0 is OOV
     assert user.oov_index == 0
 
@@ -30,7 +30,7 @@ def test_fields_own_contiguous_blocks_of_the_embedding_table():
 
 def test_rare_values_fall_below_min_count_into_oov():
     encoder = FeatureEncoder.fit(SPEC, TRAIN)
-    city = encoder.field("city")
+    city = encoder.categorical("city")
     assert set(city.vocabulary) == {"x", "z"}  # y was seen once, min_count is 2
     encoded = encoder.encode({"user": ["a"], "city": ["y"], "age": [30.0]})
     assert encoded.index[0, 1] == city.oov_index
@@ -42,13 +42,13 @@ def test_unseen_values_map_to_oov_and_are_counted_missing_ones_are_not():
         {"user": ["zz", MISSING, "a"], "city": ["x", "x", "q"], "age": [1.0, 2.0, 3.0]}
     )
     assert encoded.index[:, 0].tolist() == [0, 0, 2]
-    assert encoded.index[2, 1] == encoder.field("city").oov_index
+    assert encoded.index[2, 1] == encoder.categorical("city").oov_index
     assert encoded.unseen == {"user": 1, "city": 1}
 
 
 def test_numeric_field_is_standardised_and_missing_numbers_take_the_mean():
     encoder = FeatureEncoder.fit(SPEC, TRAIN)
-    age = encoder.field("age")
+    age = encoder.numeric("age")
     finite = TRAIN["age"][np.isfinite(TRAIN["age"])]
     assert age.mean == pytest.approx(finite.mean())
     assert age.std == pytest.approx(finite.std())

@@ -154,6 +154,20 @@ class FeatureEncoder:
                 return f
         raise KeyError(name)
 
+    def categorical(self, name: str) -> CategoricalField:
+        """The named field, which must be categorical."""
+        f = self.field(name)
+        if not isinstance(f, CategoricalField):
+            raise TypeError(f"field {name!r} is {f.kind}, not categorical")
+        return f
+
+    def numeric(self, name: str) -> NumericField:
+        """The named field, which must be numeric."""
+        f = self.field(name)
+        if not isinstance(f, NumericField):
+            raise TypeError(f"field {name!r} is {f.kind}, not numeric")
+        return f
+
     @classmethod
     def fit(cls, spec: FeatureSpec, columns: Mapping[str, Any]) -> FeatureEncoder:
         """Fit vocabularies and numeric statistics on the training split only."""
@@ -176,7 +190,7 @@ class FeatureEncoder:
             offset += ff.size
         return cls(fitted)
 
-    def encode(self, columns: Mapping[str, Sequence[Any] | np.ndarray]) -> Encoded:
+    def encode(self, columns: Mapping[str, Any]) -> Encoded:
         """Encode columns (one array of raw values per field) into index and value arrays."""
         n = len(columns[self.fields[0].name])
         index = np.empty((n, len(self.fields)), dtype=np.int64)
@@ -200,7 +214,7 @@ def _fit_vocabulary(values: np.ndarray, min_count: int) -> list[str]:
     return [str(uniques[i]) for i in keep]
 
 
-def _lookup(f: CategoricalField, column: Sequence[Any] | np.ndarray) -> tuple[np.ndarray, int]:
+def _lookup(f: CategoricalField, column: Any) -> tuple[np.ndarray, int]:
     values = np.asarray(column, dtype=str)
     expand: np.ndarray | None = None
     if len(values) > SMALL_COLUMN:
