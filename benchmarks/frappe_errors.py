@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from training import bundle, metrics
-from training.datasets import default_data_dir, frappe, pair_keys
+from training import bundle, data, metrics
+from training.data import frappe
 from training.readers import Table
 
 KINDS = ("used", "negative only", "unseen")
@@ -39,7 +39,10 @@ class Group:
 
 def pair_kinds(train: Table, table: Table) -> np.ndarray:
     """For each row of table, what the training file says of its (user, app) pair."""
-    known, pairs = pair_keys(train, ("user", "item")), pair_keys(table, ("user", "item"))
+    known, pairs = (
+        frappe.pair_keys(train, ("user", "item")),
+        frappe.pair_keys(table, ("user", "item")),
+    )
     positive = train.label > 0
     used, sampled = np.isin(pairs, known[positive]), np.isin(pairs, known[~positive])
     return np.where(used, KINDS[0], np.where(sampled, KINDS[1], KINDS[2]))
@@ -82,12 +85,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.frappe_errors", description=__doc__)
     parser.add_argument("bundles", nargs="+", type=Path, help="published frappe rating bundles")
     parser.add_argument("--split", choices=["validation", "test"], default="test")
-    parser.add_argument("--data-dir", type=Path, default=default_data_dir())
+    parser.add_argument("--data-dir", type=Path, default=data.default_data_dir())
     parser.add_argument("--negatives", choices=["paper", "file"], default="paper")
     args = parser.parse_args(argv)
 
     paper = args.negatives == "paper"
-    splits = frappe(
+    splits = frappe.load(
         "rating", args.data_dir / "frappe", drop_used_negatives=not paper, paper_negatives=paper
     )
     table = getattr(splits, args.split)

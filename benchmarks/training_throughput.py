@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import platform
 import time
+from typing import Any
 
 import torch
 
@@ -35,7 +36,7 @@ def rows_per_second(model: AFM, batch_size: int, steps: int, seed: int = 0) -> f
     def step(i: int) -> None:
         loss = loss_fn("ctr", model(index[i], value).raw, label[i])
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
 
     step(0)  # warm-up
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
             f"| {r['threads']} | {r['k']} | {r['fm_rows_s']:,.0f} | {r['afm_rows_s']:,.0f} | {r['afm_over_fm']:.2f} |"
         )
     if args.recipe_batches:
-        batches = run_batches(args.recipe_batches, args.steps)
+        batches: list[dict[str, Any]] = run_batches(args.recipe_batches, args.steps)
         reference = batches[-1]["afm_rows_s"]
         print("\nfrappe recipe's AFM (k = 256, t = 8), one thread")
         print(

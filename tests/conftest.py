@@ -6,13 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from training.__main__ import parse_args, train
+from training.cli import parse_args, train_options
+from training.commands import train
 
 
 def train_tiny(models_dir: Path, *extra: str) -> Path:
     """Train a quick synthetic model with the real CLI and return its published bundle folder."""
     argv = ["train", "--quick", "--threads", "1", "--out", str(models_dir), *extra]
-    return train(parse_args(argv))
+    return train(train_options(parse_args(argv)))
 
 
 @pytest.fixture(scope="session")

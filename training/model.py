@@ -183,11 +183,12 @@ class AFM(nn.Module):
                 self.attention_h.zero_()  # a uniform first softmax: AFM starts as the FM
                 # The scaled pairs reach W P times larger than FM's own v_i ⊙ v_j; W / P gives the
                 # attention network the first hidden layer a fresh one has on FM's pair vectors.
-                # Without it the AFM phase's start depended much more on the seed (BENCHMARKS.md,
-                # fifth pass).
+                # Without it the AFM phase's start depends much more on the seed
+                # (docs/experiments/attention-start.md).
                 self.attention_w.weight.div_(num_pairs)
                 # W / P is small next to b, so a unit with b < 0 would be off on every pair and
-                # never get a gradient: with b = |b| every unit starts on (BENCHMARKS.md, 8th pass)
+                # never get a gradient: with b = |b| every unit starts on
+                # (docs/experiments/attention-start.md)
                 self.attention_w.bias.abs_()
             scale = math.sqrt(num_pairs) if rescale else 1.0
             self.embedding.weight.copy_(fm.embedding.weight * scale)

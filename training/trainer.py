@@ -28,12 +28,13 @@ class TrainConfig:
     l2_attention: float = 0.0  # lambda on ||W||^2 (the paper's attention regulariser)
     # The attention network's first layer (W, b) at its own rate (None: lr). Adagrad's first step
     # moves every entry by the full rate: at 0.1, b (about 0.03) jumps by 0.1 and the units it
-    # turns negative are off on every pair from then on (BENCHMARKS.md, ninth pass).
+    # turns negative are off on every pair from then on (docs/experiments/attention-start.md).
     attention_lr: float | None = None
     weight_decay: float = 0.0  # L2 on all parameters through the optimizer
     patience: int = 3  # epochs without validation improvement before stopping
     # On a plateau the learning rate is multiplied by lr_decay (1: constant): at a constant rate
-    # frappe's FM stalls well above the RMSE a smaller rate then reaches (BENCHMARKS.md).
+    # frappe's FM stalls well above the RMSE a smaller rate then reaches
+    # (docs/experiments/frappe-recipe.md).
     lr_decay: float = 1.0
     lr_decay_patience: int = 2  # epochs without improvement before each decay
     seed: int = 0
@@ -82,7 +83,7 @@ class EarlyStopping:
 
     A trained start (an FM's weights, say) is a candidate to keep but not the bar that patience
     runs against: an AFM phase whose first epochs fall below its FM and then climb back keeps
-    training while its own epochs improve (BENCHMARKS.md, eighth pass).
+    training while its own epochs improve (docs/experiments/attention-start.md).
     """
 
     patience: int
@@ -151,7 +152,7 @@ def train_one_epoch(
         if config.l2_attention:
             loss = loss + config.l2_attention * model.attention_l2()
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
         total += loss.item() * len(label)
         rows += len(label)
@@ -173,8 +174,8 @@ def predict(model: AFM, data: Tensors, device: str, batch_size: int = 8192) -> n
 def link(task: str, raw: np.ndarray, label_range: tuple[float, float]) -> np.ndarray:
     """The bundle's link: sigmoid for ctr, clip to the label range for ratings."""
     if task == "ctr":
-        return 1.0 / (1.0 + np.exp(-raw))
-    return np.clip(raw, *label_range)
+        return np.asarray(1.0 / (1.0 + np.exp(-raw)))
+    return np.asarray(np.clip(raw, *label_range))
 
 
 def evaluate(model: AFM, data: Tensors, config: TrainConfig) -> dict[str, float]:

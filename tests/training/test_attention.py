@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import train_tiny
-from training import bundle, datasets
-from training.datasets import SYNTHETIC_PLANTED
+from training import bundle, data
+from training.data.synthetic import PLANTED
 
 
 def ranked_pairs(path) -> list[tuple[str, str]]:
@@ -22,30 +22,29 @@ def test_planted_pairs_receive_the_highest_mean_attention(tmp_path):
     # --quick sets 1 epoch and k=8 first; the explicit options above must win
     config = bundle.read(path).manifest.training_config
     assert config is not None and config.epochs == 6
-    top = ranked_pairs(path)[: len(SYNTHETIC_PLANTED)]
-    assert set(top) == set(SYNTHETIC_PLANTED)
+    top = ranked_pairs(path)[: len(PLANTED)]
+    assert set(top) == set(PLANTED)
 
 
 @pytest.mark.frappe
 @pytest.mark.slow
 @pytest.mark.skipif(
-    not (datasets.default_data_dir() / "frappe" / "frappe.train.csv").exists(),
+    not (data.default_data_dir() / "frappe" / "frappe.train.csv").exists(),
     reason="frappe data not available",
 )
 def test_attention_weights_vary_across_pairs_on_frappe(tmp_path):
     # Started from FM's embeddings, as the paper trains AFM: from scratch the attention network
     # sees tiny v_i ⊙ v_j and stays near uniform for the first epochs. From FM it starts uniform
     # too (h = 0) and tells the pairs apart after a few epochs (max / min 1.04 after 2, 1.18 after 4).
-    path = train_tiny(
-        tmp_path, "--dataset", "frappe", "--task", "rating", "--max-rows", "30000",
-        "--pretrain-fm", "--fm-epochs", "3", "--fm-lr", "0.01", "--epochs", "4", "--lr", "0.01",
-        "--embedding-dim", "16", "--attention-dim", "16",
-    )  # fmt: skip
+    frappe = ("--dataset", "frappe", "--task", "rating", "--max-rows", "30000",
+              "--embedding-dim", "16", "--attention-dim", "16", "--lr", "0.01")  # fmt: skip
+    fm = train_tiny(tmp_path, *frappe, "--model", "fm", "--epochs", "3")
+    path = train_tiny(tmp_path, *frappe, "--init-from", str(fm), "--epochs", "4")
     loaded = bundle.read(path)
     weights = np.array([a.mean_attention for a in loaded.manifest.global_attention or []])
     assert weights.sum() == pytest.approx(1.0, abs=1e-4)
     assert weights.max() / weights.min() > 1.1  # uniform would be exactly 1
-    table = datasets.load("frappe", "rating", max_rows=64).test
+    table = data.load("frappe", "rating", max_rows=64).test
     encoded = loaded.encoder.encode(table.columns)
     attention = loaded.session().run(
         ["attention"], {"feature_index": encoded.index, "feature_value": encoded.value}

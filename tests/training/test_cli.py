@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from tests.conftest import train_tiny
-from training import bundle
-from training.__main__ import main, parse_args, reproduce_argv
+from training import bundle, recipes
+from training.__main__ import main
 from training.bundle.manifest import TrainingConfig
+from training.cli import QUICK, parse_args, train_options
+from training.commands import DataOptions, TrainOptions, reproduce
 
 
 def training(published: bundle.Bundle) -> TrainingConfig:
@@ -58,33 +60,46 @@ def test_same_seed_gives_the_same_model(tmp_path):
     assert a.metrics != c.metrics
 
 
-def test_rating_task_with_fm_pretraining_publishes_fm_then_afm(tmp_path):
-    main(
-        [
-            "train",
-            "--quick",
-            "--task",
-            "rating",
-            "--pretrain-fm",
-            "--fm-lr-decay",
-            "0.5",
-            "--name",
-            "s-afm",
-            "--out",
-            str(tmp_path),
-        ]
-    )
-    fm, afm = bundle.read(tmp_path / "s-fm" / "1"), bundle.read(tmp_path / "s-afm" / "1")
+def test_rating_fm_then_afm_from_its_bundle_keeps_each_phase_schedule(tmp_path):
+    fm_path = train_tiny(tmp_path, "--task", "rating", "--model", "fm", "--lr-decay", "0.5",
+                         "--name", "s-fm")  # fmt: skip
+    afm_path = train_tiny(tmp_path, "--task", "rating", "--init-from", str(fm_path),
+                          "--name", "s-afm")  # fmt: skip
+    fm, afm = bundle.read(fm_path), bundle.read(afm_path)
     assert fm.manifest.model == "fm" and afm.manifest.model == "afm"
     assert afm.manifest.link.model_dump() == {"kind": "clip", "min": -1.0, "max": 1.0}
     assert training(fm).lr_decay == 0.5  # each phase has its own schedule
     assert training(afm).lr_decay == 1.0
+    assert training(afm).init_from == str(fm_path) and training(afm).fm_start == "exact"
     assert "rmse" in metrics_on(afm, "test")
-    # the AFM phase is reseeded: the same as starting AFM from the published FM bundle by hand
-    main(["train", "--quick", "--task", "rating", "--init-from", str(tmp_path / "s-fm" / "1"),
-          "--name", "s-afm", "--out", str(tmp_path)])  # fmt: skip
-    by_hand = bundle.read(tmp_path / "s-afm" / "2").manifest
-    assert by_hand.history == afm.manifest.history and by_hand.bias == afm.manifest.bias
+
+
+def quick(**settings) -> TrainOptions:
+    """The options `train --quick --task rating --threads 1` gives, with `settings` on top."""
+    data = DataOptions(task="rating", max_rows=QUICK["max_rows"])
+    sizes = {k: v for k, v in QUICK.items() if k != "max_rows"}
+    return TrainOptions(data=data, threads=1, **{**sizes, **settings})
+
+
+def test_a_recipe_publishes_fm_then_the_afm_an_init_from_run_gives(tmp_path, capsys):
+    recipe = recipes.Recipe(
+        fm=quick(model="fm", name="r-fm", out=tmp_path, lr_decay=0.5, dropout=0.5),
+        afm=quick(name="r-afm", out=tmp_path, optimizer="adagrad", lr=0.05, l2_attention=5e-4),
+        reference="quick recipe",
+    )
+    assert recipe.fm == train_options(parse_args(
+        ["train", "--quick", "--task", "rating", "--threads", "1", "--model", "fm", "--name", "r-fm",
+         "--out", str(tmp_path), "--lr-decay", "0.5", "--dropout", "0.5"]
+    ))  # the CLI builds the same options  # fmt: skip
+    fm_path, afm_path = reproduce(recipe)
+    assert "quick recipe" in capsys.readouterr().out
+    assert (fm_path, afm_path) == (tmp_path / "r-fm" / "1", tmp_path / "r-afm" / "1")
+    # the AFM phase is the same model as an AFM started by hand from the published FM bundle
+    by_hand = train_tiny(tmp_path, "--task", "rating", "--init-from", str(fm_path), "--name", "r-afm",
+                         "--optimizer", "adagrad", "--lr", "0.05", "--l2-attention", "5e-4")  # fmt: skip
+    afm, again = bundle.read(afm_path).manifest, bundle.read(by_hand).manifest
+    assert again.history == afm.history and again.bias == afm.bias
+    assert again.metrics == afm.metrics and again.training_config == afm.training_config
 
 
 def test_an_afm_started_from_an_afm_bundle_goes_on_from_all_its_weights(tmp_path, capsys):
@@ -151,11 +166,11 @@ def test_a_start_or_bundle_that_is_not_a_bundle_is_named_not_a_traceback(tmp_pat
     ("option", "value", "problem"),
     [
         ("--epochs", "0", "must be at least 1, not 0"),
-        ("--batch-size", "0", "must be at least 1"),  # was a ZeroDivisionError
-        ("--max-rows", "0", "must be at least 1"),  # was taken as no cap at all
-        ("--embedding-dim", "0", "must be at least 1"),  # was a model with no embeddings
-        ("--lr", "-1", "must be above 0.0, not -1"),  # was torch's ValueError traceback
-        ("--fm-lr", "0", "must be above 0.0"),
+        ("--batch-size", "0", "must be at least 1"),
+        ("--max-rows", "0", "must be at least 1"),  # not "no cap at all"
+        ("--embedding-dim", "0", "must be at least 1"),
+        ("--lr", "-1", "must be above 0.0, not -1"),
+        ("--attention-lr", "0", "must be above 0.0"),
         ("--dropout", "1.5", "must be in [0.0, 1.0), not 1.5"),
         ("--l2-attention", "-0.001", "must be at least 0.0"),
         ("--seed", "-1", "must be at least 0"),
@@ -190,11 +205,12 @@ def test_fm_trained_with_batch_norm_publishes_a_plain_fm(tmp_path, capsys):
 
 
 def test_afm_from_a_batch_norm_fm_with_the_authors_start(tmp_path):
-    main(["train", "--quick", "--task", "rating", "--pretrain-fm", "--fm-batch-norm",
-          "--fm-start", "authors", "--name", "a-afm", "--out", str(tmp_path)])  # fmt: skip
+    fm = train_tiny(tmp_path, "--task", "rating", "--model", "fm", "--batch-norm", "--name", "a-fm")
+    train_tiny(tmp_path, "--task", "rating", "--init-from", str(fm), "--fm-start", "authors",
+               "--name", "a-afm")  # fmt: skip
     afm = bundle.read(tmp_path / "a-afm" / "1").manifest
     assert afm.training_config is not None and afm.training_config.fm_start == "authors"
-    assert training(bundle.read(tmp_path / "a-fm" / "1")).batch_norm
+    assert training(bundle.read(fm)).batch_norm
     with pytest.raises(SystemExit, match="batch-norm"):
         main(["train", "--quick", "--model", "afm", "--batch-norm", "--out", str(tmp_path)])
 
@@ -253,12 +269,18 @@ def test_paper_negatives_refuse_what_they_cannot_draw_from_with_a_message(extra,
      (["--download"], None)],
 )  # fmt: skip
 def test_reproduce_trains_on_the_negatives_it_is_told(options, negatives):
-    argv = reproduce_argv(parse_args(["reproduce", "--seed", "3", *options]))
-    train = parse_args(argv)  # every recipe setting is a train option
-    assert (train.dataset, train.model, train.pretrain_fm, train.seed) == ("frappe", "afm", True, 3)
-    assert train.paper_negatives == (negatives == "--paper-negatives")
-    assert train.drop_used_negatives == (negatives == "--drop-used-negatives")
-    assert train.download == (negatives is None)
+    args = parse_args(["reproduce", "--seed", "3", *options])
+    recipe = recipes.frappe(seed=args.seed, download=args.download, negatives=args.negatives)
+    for phase in (recipe.fm, recipe.afm):
+        data = phase.data
+        assert (data.dataset, data.task, data.seed) == ("frappe", "rating", 3)
+        assert data.paper_negatives == (negatives == "--paper-negatives")
+        assert data.drop_used_negatives == (negatives == "--drop-used-negatives")
+        assert data.download == (negatives is None)
+        assert data.data_format == ("libfm" if negatives is None else "csv")
+    assert (recipe.fm.model, recipe.afm.model) == ("fm", "afm")
+    assert recipe.fm.data == recipe.afm.data  # the AFM starts from an FM of the same rows
+    assert recipe.afm.init_from is None  # set to the FM bundle when the FM phase publishes it
 
 
 def test_help_lists_every_option(capsys):
@@ -270,7 +292,7 @@ def test_help_lists_every_option(capsys):
         "--task",
         "--model",
         "--out",
-        "--pretrain-fm",
+        "--init-from",
         "--fm-start",
         "--batch-norm",
         "--lr-decay",
@@ -294,9 +316,11 @@ def test_cuda_without_a_cuda_device_stops_before_loading_data(tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_training_on_cuda_publishes_a_bundle_that_scores_as_it_trained(tmp_path, capsys):
-    # the FM phase with batch norm (folded on the device), then AFM from it, both on the GPU
-    main(["train", "--quick", "--task", "rating", "--pretrain-fm", "--fm-batch-norm", "--device",
-          "cuda", "--l2-attention", "1e-3", "--name", "g-afm", "--out", str(tmp_path)])  # fmt: skip
+    # an FM with batch norm (folded on the device), then AFM from it, both on the GPU
+    fm = train_tiny(tmp_path, "--task", "rating", "--model", "fm", "--batch-norm", "--device",
+                    "cuda", "--name", "g-fm")  # fmt: skip
+    train_tiny(tmp_path, "--task", "rating", "--init-from", str(fm), "--device", "cuda",
+               "--l2-attention", "1e-3", "--name", "g-afm")  # fmt: skip
     manifest = bundle.read(tmp_path / "g-afm" / "1").manifest
     assert manifest.training_config is not None and manifest.training_config.device == "cuda"
     assert manifest.history is not None and len(manifest.history) == 1

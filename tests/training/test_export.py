@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from training import bundle, datasets
+from training import bundle
 from training.bundle import BundleError
+from training.data import synthetic
 from training.export import load_checkpoint
 
 BATCHES = (1, 7, 256, 4096)
@@ -38,7 +39,7 @@ def random_rows(loaded: bundle.Bundle, batch: int, seed: int) -> tuple[np.ndarra
 
 
 def real_rows(loaded: bundle.Bundle, batch: int) -> tuple[np.ndarray, np.ndarray]:
-    table = datasets.synthetic("ctr", rows=5000, seed=1).train.take(slice(0, batch))
+    table = synthetic.load("ctr", rows=5000, seed=1).train.take(slice(0, batch))
     repeats = -(-batch // len(table))  # 4096 rows from a smaller table: tile it
     columns = {k: np.tile(v, repeats)[:batch] for k, v in table.columns.items()}
     encoded = loaded.encoder.encode(columns)
@@ -81,7 +82,7 @@ def test_raw_is_bias_plus_contributions_and_attention_rows_sum_to_one(tiny_bundl
 
 def test_run_scores_raw_columns_in_batches_as_one_session_call_does(tiny_bundle):
     loaded = bundle.read(tiny_bundle)
-    table = datasets.synthetic("ctr", rows=5000, seed=1).train.take(slice(0, 300))
+    table = synthetic.load("ctr", rows=5000, seed=1).train.take(slice(0, 300))
     encoded = loaded.encoder.encode(table.columns)
     whole = loaded.session().run(
         ["score", "attention"],
@@ -113,7 +114,7 @@ def test_bundle_declares_what_the_service_needs(tiny_bundle):
 
 
 @pytest.fixture
-def broken(tiny_bundle, tmp_path) -> Path:
+def broken(tiny_bundle: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "copy" / "1"
     shutil.copytree(tiny_bundle, copy)
     return copy

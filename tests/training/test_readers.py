@@ -7,8 +7,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from training import datasets
+from training import data
 from training.bundle.features import FeatureEncoder, FeatureSpec, FieldSpec
+from training.data import frappe
 from training.readers import read_libfm, read_table
 
 FIELDS = ["user", "item", "weather"]
@@ -31,7 +32,8 @@ def write_same_rows(folder: Path, rows: int = 500, seed: int = 0) -> tuple[Path,
         f.write("label," + ",".join(FIELDS) + "\n")
         for i in range(rows):
             f.write(f"{label[i]}," + ",".join(f'"{raw[n][i]}"' for n in FIELDS) + "\n")
-    offsets, index = {}, {}
+    offsets: dict[str, int] = {}
+    index: dict[str, dict[str, int]] = {}
     for n in FIELDS:  # a global libFM numbering unrelated to our vocabulary order
         values = sorted(set(raw[n]), reverse=True)
         index[n] = {v: len(offsets) * 1000 + i for i, v in enumerate(values)}
@@ -78,14 +80,14 @@ def test_libfm_reader_refuses_rows_with_the_wrong_number_of_fields(tmp_path):
         read_libfm(path, FIELDS)
 
 
-FRAPPE = datasets.default_data_dir() / "frappe"
+FRAPPE = data.default_data_dir() / "frappe"
 
 
 @pytest.mark.frappe
 @pytest.mark.skipif(not (FRAPPE / "frappe.train.csv").exists(), reason="frappe data not available")
 def test_frappe_csv_and_paper_libfm_files_give_identical_model_inputs():
-    csv = datasets.frappe("rating", FRAPPE, "csv")
-    libfm = datasets.frappe("rating", FRAPPE, "libfm")
+    csv = frappe.load("rating", FRAPPE, "csv")
+    libfm = frappe.load("rating", FRAPPE, "libfm")
     csv_encoder = FeatureEncoder.fit(csv.spec, csv.train.columns)
     libfm_encoder = FeatureEncoder.fit(libfm.spec, libfm.train.columns)
     assert csv_encoder.num_features == libfm_encoder.num_features

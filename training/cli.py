@@ -1,0 +1,265 @@
+"""Command line: `python -m training train|evaluate|reproduce` (see `--help` of each).
+
+The options are documented in docs/training.md; `--help` gives one line each.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from training import commands, recipes
+from training.commands import DataOptions, TrainOptions
+
+# --quick: a tiny run that exercises every step; options given explicitly still win
+QUICK = {"max_rows": 2000, "epochs": 1, "embedding_dim": 8, "attention_dim": 8}
+
+
+def bounded(
+    kind: type,
+    low: float,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = True,
+) -> Callable[[str], Any]:
+    """An argparse type for `kind` values from `low` to `high` (None: no upper end), each end
+    left out when open: a bad option stops at once with its name, not later in torch with a
+    traceback (or, for --max-rows 0, as no cap at all)."""
+
+    def parse(text: str) -> Any:
+        value = kind(text)
+        too_low = value <= low if low_open else value < low
+        too_high = high is not None and (value >= high if high_open else value > high)
+        if high is None and too_low:
+            raise argparse.ArgumentTypeError(
+                f"must be {'above' if low_open else 'at least'} {low}, not {text}"
+            )
+        if too_low or too_high:
+            left, right = "(" if low_open else "[", ")" if high_open else "]"
+            raise argparse.ArgumentTypeError(f"must be in {left}{low}, {high}{right}, not {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse's "invalid int value: 'x'" names the kind
+    return parse
+
+
+positive_int, non_negative_int = bounded(int, 1), bounded(int, 0)
+positive_float, non_negative_float, dropout_rate = (
+    bounded(float, 0.0, low_open=True),
+    bounded(float, 0.0),
+    bounded(float, 0.0, 1.0),
+)
+# --lr-decay: a factor in (0, 1], 1 meaning a constant rate
+decay_factor = bounded(float, 0, 1, low_open=True, high_open=False)
+
+
+def build_parser(quick: bool = False) -> argparse.ArgumentParser:
+    """The parser of all three commands; `quick` makes QUICK the train defaults."""
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    formatter = argparse.ArgumentDefaultsHelpFormatter
+    train = commands.add_parser(
+        "train", help="train AFM or FM and publish a bundle", formatter_class=formatter
+    )
+    add_train_options(train)
+    if quick:
+        train.set_defaults(**QUICK)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="score a data split with a bundle through onnxruntime only (no torch)",
+        formatter_class=formatter,
+    )
+    evaluate.add_argument(
+        "--bundle", type=Path, required=True, help="bundle folder, e.g. models/frappe-afm/1"
+    )
+    add_data_options(evaluate)
+    evaluate.add_argument("--split", choices=["train", "validation", "test"], default="test")
+
+    reproduce = commands.add_parser(
+        "reproduce",
+        help="the paper's frappe result: FM, then AFM from FM's embeddings; prints test RMSE",
+        formatter_class=formatter,
+    )
+    reproduce.add_argument(
+        "--data-dir", type=Path, help="folder holding frappe/ (default: as for train)"
+    )
+    reproduce.add_argument("--out", type=Path, default=Path("models"), help="models directory")
+    reproduce.add_argument(
+        "--threads", type=non_negative_int, default=0, help="CPU threads (0: PyTorch's default)"
+    )
+    reproduce.add_argument(
+        "--device", default="cpu", help="cpu, or cuda (cuda:N) where there is one"
+    )
+    reproduce.add_argument(
+        "--download", action="store_true", help="train on the authors' libFM files, fetched"
+    )
+    reproduce.add_argument(
+        "--negatives",
+        choices=["paper", "file"],
+        default="paper",
+        help="training negatives: paper (--paper-negatives), file (--drop-used-negatives)",
+    )
+    reproduce.add_argument("--seed", type=non_negative_int, default=0, help="the models' seed")
+    return parser
+
+
+def add_train_options(train: argparse.ArgumentParser) -> None:
+    default = TrainOptions()
+    add_data_options(train)
+    train.add_argument(
+        "--model", choices=["afm", "fm"], default=default.model, help="AFM, or FM (no attention)"
+    )
+    train.add_argument(
+        "--out", type=Path, default=default.out, help="models directory to publish into"
+    )
+    train.add_argument("--name", help="bundle name (default: <dataset>-<model>)")
+    train.add_argument(
+        "--embedding-dim", type=positive_int, default=default.embedding_dim, help="k, the embedding size"
+    )  # fmt: skip
+    train.add_argument(
+        "--attention-dim", type=positive_int, default=default.attention_dim,
+        help="t, the attention network's hidden size",
+    )  # fmt: skip
+    train.add_argument(
+        "--dropout", type=dropout_rate, default=default.dropout,
+        help="dropout on the pair-interaction layer",
+    )  # fmt: skip
+    train.add_argument(
+        "--l2-attention", type=non_negative_float, default=default.l2_attention,
+        help="L2 weight on the attention network's W",
+    )  # fmt: skip
+    train.add_argument(
+        "--attention-lr", type=positive_float,
+        help="learning rate of the attention network's W and b (default: --lr)",
+    )  # fmt: skip
+    train.add_argument(
+        "--weight-decay", type=non_negative_float, default=default.weight_decay,
+        help="L2 on every parameter (optimizer weight decay)",
+    )  # fmt: skip
+    train.add_argument(
+        "--batch-norm", action="store_true",
+        help="FM only: batch norm while training, folded away before export",
+    )  # fmt: skip
+    train.add_argument("--optimizer", choices=["adam", "adagrad"], default=default.optimizer)
+    train.add_argument("--lr", type=positive_float, default=default.lr, help="learning rate")
+    train.add_argument("--batch-size", type=positive_int, default=default.batch_size)
+    train.add_argument(
+        "--epochs", type=positive_int, default=default.epochs,
+        help="most epochs; early stopping may end sooner",
+    )  # fmt: skip
+    train.add_argument(
+        "--patience", type=positive_int, default=default.patience,
+        help="epochs without validation improvement before stopping",
+    )  # fmt: skip
+    train.add_argument(
+        "--lr-decay", type=decay_factor, default=default.lr_decay,
+        help="multiply the rate by this when validation stops improving (1: constant)",
+    )  # fmt: skip
+    train.add_argument(
+        "--lr-decay-patience", type=positive_int, default=default.lr_decay_patience,
+        help="epochs without validation improvement before each --lr-decay",
+    )  # fmt: skip
+    train.add_argument(
+        "--device", default=default.device, help="cpu, or cuda (cuda:N) where there is one"
+    )
+    train.add_argument(
+        "--threads", type=non_negative_int, default=default.threads,
+        help="CPU threads for PyTorch (0: its default)",
+    )  # fmt: skip
+    train.add_argument(
+        "--init-from", type=Path,
+        help="a published bundle to start from (an FM's: the paper's pre-training)",
+    )  # fmt: skip
+    train.add_argument(
+        "--freeze-embeddings", action="store_true",
+        help="with --init-from: keep w0, w and v fixed; learn the attention network and p",
+    )  # fmt: skip
+    train.add_argument(
+        "--fm-start", choices=["exact", "authors"], default=default.fm_start,
+        help="with --init-from an FM: start AFM as the FM predicts, or as the authors' code",
+    )  # fmt: skip
+    train.add_argument(
+        "--quick", action="store_true", help="a tiny run (2,000 rows, 1 epoch, k=8) of every step"
+    )
+
+
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    from training.data import DATASETS
+
+    default = DataOptions()
+    parser.add_argument(
+        "--dataset", choices=DATASETS, default=default.dataset,
+        help="synthetic is generated; frappe, ml-100k: from --data-dir; files: --train etc.",
+    )  # fmt: skip
+    parser.add_argument(
+        "--task", choices=["ctr", "rating"], default=default.task,
+        help="ctr: 0/1 labels, log loss; rating: squared loss, RMSE",
+    )  # fmt: skip
+    parser.add_argument(
+        "--data-dir", type=Path,
+        help="folder holding frappe/ and ml-100k/ (default: AFM_DATA_DIR or ../shared/data)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--format", dest="data_format", choices=["csv", "libfm"], default=default.data_format,
+        help="frappe: the named CSV or the paper's libFM files",
+    )  # fmt: skip
+    parser.add_argument(
+        "--download", action="store_true", help="download missing files, checked, from their source"
+    )
+    parser.add_argument(
+        "--drop-used-negatives", action="store_true",
+        help="frappe: drop training negatives that pair a user with an app they use",
+    )  # fmt: skip
+    parser.add_argument(
+        "--paper-negatives", action="store_true",
+        help="frappe: draw the training negatives from raw/frappe.csv as the paper did",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-rows", type=positive_int, help="use at most this many rows of each split"
+    )
+    parser.add_argument(
+        "--seed", type=non_negative_int, default=default.seed,
+        help="seeds the split, the initialisation and the shuffling",
+    )  # fmt: skip
+    parser.add_argument(
+        "--fields", help="files: the feature spec, e.g. user,item,age:numeric,city:categorical:5"
+    )
+    parser.add_argument("--label", default=default.label, help="files: the label column")
+    parser.add_argument("--train", type=Path, help="files: training CSV or Parquet")
+    parser.add_argument("--validation", type=Path, help="files: validation CSV or Parquet")
+    parser.add_argument("--test", type=Path, help="files: test CSV or Parquet")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    if args.command == "train" and args.quick:
+        args = build_parser(quick=True).parse_args(argv)
+    return args
+
+
+def data_options(args: argparse.Namespace) -> DataOptions:
+    return DataOptions(**{f.name: getattr(args, f.name) for f in fields(DataOptions)})
+
+
+def train_options(args: argparse.Namespace) -> TrainOptions:
+    """The `train` command's options, from its parsed command line."""
+    names = [f.name for f in fields(TrainOptions) if f.name != "data"]
+    return TrainOptions(data=data_options(args), **{n: getattr(args, n) for n in names})
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.command == "train":
+        commands.train(train_options(args))
+    elif args.command == "evaluate":
+        commands.evaluate(args.bundle, data_options(args), args.split)
+    else:
+        recipe = recipes.frappe(
+            args.out, args.seed, args.threads, args.device, args.data_dir, args.download,
+            args.negatives,
+        )  # fmt: skip
+        commands.reproduce(recipe)

@@ -1,0 +1,333 @@
+"""The commands: `train` one model and publish its bundle, `evaluate` a bundle without torch,
+`reproduce` a recipe (an FM, then an AFM started from it).
+
+Each takes typed values (`TrainOptions`, `DataOptions`, a `Recipe`), not the parsed command line.
+torch is imported where a model is trained, so `evaluate` runs without it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from training.bundle import Bundle, Manifest
+    from training.data import Splits
+    from training.model import AFM
+    from training.recipes import Recipe
+
+Split = Literal["train", "validation", "test"]
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """Which data set, task and rows (`train` and `evaluate` share these)."""
+
+    dataset: str = "synthetic"  # synthetic | frappe | ml-100k | files
+    task: Literal["ctr", "rating"] = "ctr"
+    data_dir: Path | None = None  # None: training.data.default_data_dir()
+    data_format: Literal["csv", "libfm"] = "csv"  # frappe only
+    download: bool = False
+    drop_used_negatives: bool = False  # frappe only
+    paper_negatives: bool = False  # frappe only
+    max_rows: int | None = None  # at most this many rows of each split
+    seed: int = 0  # the split (synthetic, ml-100k), the initialisation and the shuffling
+    fields: str | None = None  # files: the feature spec, e.g. "user,item,age:numeric"
+    label: str = "label"  # files: the label column
+    train: Path | None = None  # files: the three splits
+    validation: Path | None = None
+    test: Path | None = None
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Everything `train` needs: the data, the model, the optimisation, where to publish."""
+
+    data: DataOptions = field(default_factory=DataOptions)
+    model: Literal["afm", "fm"] = "afm"
+    out: Path = Path("models")
+    name: str | None = None  # None: <dataset>-<model>
+    embedding_dim: int = 64
+    attention_dim: int = 64
+    dropout: float = 0.3
+    l2_attention: float = 0.0
+    attention_lr: float | None = None  # None: lr
+    weight_decay: float = 0.0
+    batch_norm: bool = False  # FM only; folded into v, p and w0 after training
+    optimizer: Literal["adam", "adagrad"] = "adam"
+    lr: float = 1e-3
+    batch_size: int = 1024
+    epochs: int = 20
+    patience: int = 3
+    lr_decay: float = 1.0  # 1: a constant rate
+    lr_decay_patience: int = 2
+    device: str = "cpu"
+    threads: int = 0  # 0: PyTorch's default
+    init_from: Path | None = None  # a published bundle whose weights start this model
+    freeze_embeddings: bool = False
+    fm_start: Literal["exact", "authors"] = "exact"
+
+
+def load_splits(data: DataOptions) -> Splits:
+    """The data set's splits, or a message for the user (not a traceback)."""
+    from training import data as datasets
+    from training.bundle.features import FeatureSpec
+    from training.data import files
+
+    for option in ("drop_used_negatives", "paper_negatives"):
+        if getattr(data, option) and data.dataset != "frappe":
+            sys.exit(f"--{option.replace('_', '-')} is for --dataset frappe")
+    try:
+        if data.dataset == "files":
+            if not (data.fields and data.train and data.validation and data.test):
+                sys.exit("--dataset files needs --fields, --train, --validation and --test")
+            spec = FeatureSpec.parse(data.fields, data.label)
+            return files.load(data.task, spec, data.train, data.validation, data.test)
+        return datasets.load(
+            data.dataset,
+            data.task,
+            data.data_dir,
+            data.data_format,
+            data.max_rows,
+            data.seed,
+            data.download,
+            data.drop_used_negatives,
+            data.paper_negatives,
+        )
+    except (FileNotFoundError, ValueError) as problem:
+        sys.exit(str(problem))
+
+
+def read_bundle(path: Path, option: str) -> Bundle:
+    """A verified bundle, or a message naming the option and what is wrong (not a traceback)."""
+    from training import bundle
+
+    try:
+        return bundle.read(path)
+    except bundle.BundleError as problem:
+        sys.exit(f"{option}: {problem}")
+
+
+def read_checkpoint(path: Path) -> AFM:
+    """The PyTorch model of a bundle, which a served bundle need not carry (checkpoint.pt)."""
+    from training import export
+
+    try:
+        return export.load_checkpoint(path)
+    except FileNotFoundError:
+        sys.exit(f"--init-from: {path} has no checkpoint.pt, so no weights to start from")
+
+
+def require_same_fields(bundle_fields: list[str], data_fields: list[str], option: str) -> None:
+    """Stop with both field lists when a bundle meets a data set of other fields (not KeyError)."""
+    if bundle_fields != data_fields:
+        sys.exit(
+            f"{option}: that bundle's fields ({', '.join(bundle_fields)}) are not this data"
+            f" set's ({', '.join(data_fields)})"
+        )
+
+
+def trained_on(manifest: Manifest, splits: Splits) -> bool:
+    """Whether a bundle was trained on exactly these splits (same files, split seed, row cap)."""
+    return manifest.data is not None and manifest.data.fingerprint == splits.fingerprint
+
+
+def require_same_data(manifest: Manifest, splits: Splits, task: str) -> None:
+    """--init-from is the paper's pre-training on the same split: a start trained on other rows
+    (another split seed, say) has seen this run's test rows, and its test RMSE would say nothing.
+    The vocabularies come from the start too, so other data would mostly fall to OOV."""
+    if manifest.task != task:
+        sys.exit(f"--init-from: that bundle was trained for --task {manifest.task}, not {task}")
+    if not trained_on(manifest, splits):
+        dataset, fingerprint = (
+            (manifest.data.dataset, manifest.data.fingerprint) if manifest.data else (None, None)
+        )
+        sys.exit(
+            f"--init-from: that bundle was trained on other data ({dataset},"
+            f" fingerprint {str(fingerprint)[:12]}) than this run's"
+            f" ({splits.name}, {splits.fingerprint[:12]}): use the data options of the run that"
+            " trained it (data set and format, negatives, --max-rows, --seed where it draws the"
+            " split)"
+        )
+
+
+def require_device(name: str) -> None:
+    """Stop before any data loads when --device names no device this torch can train on.
+
+    Otherwise the first batch dies in torch's lazy CUDA init with an AssertionError traceback.
+    """
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        sys.exit(f"--device {name}: not a device; use cpu, cuda or cuda:N")
+    if device.type == "cpu":
+        return
+    if device.type != "cuda":
+        sys.exit(f"--device {name}: training runs on cpu or cuda[:N]")
+    if not torch.cuda.is_available():
+        sys.exit(f"--device {name}: torch {torch.__version__} sees no CUDA device here; use cpu")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        sys.exit(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices here")
+
+
+def train(options: TrainOptions) -> Path:
+    """Train one model (from scratch, or from `init_from`'s weights) and publish its bundle."""
+    import torch
+
+    from training import export, metrics, plots
+    from training.bundle.features import FeatureEncoder
+    from training.model import AFM, AFMConfig
+    from training.trainer import Tensors, TrainConfig, evaluate, fit
+
+    data = options.data
+    require_device(options.device)
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    # seeded before the model is built: a run started from a bundle is the same model
+    # whichever run published that bundle
+    torch.manual_seed(data.seed)
+    started = time.perf_counter()
+    start = read_bundle(options.init_from, "--init-from") if options.init_from else None
+    splits = load_splits(data)
+    init = None
+    if start is not None:
+        init = read_checkpoint(start.path)
+        require_same_fields(start.encoder.names, splits.spec.names, "--init-from")
+        require_same_data(start.manifest, splits, data.task)
+        encoder = start.encoder
+    else:
+        encoder = FeatureEncoder.fit(splits.spec, splits.train.columns)
+
+    def tensors(table: Any) -> Tensors:
+        encoded = encoder.encode(table.columns)
+        return Tensors.from_numpy(encoded.index, encoded.value, table.label)
+
+    train_data, valid_data, test_data = (
+        tensors(t) for t in (splits.train, splits.validation, splits.test)
+    )
+    name = options.name or f"{splits.name}-{options.model}"
+    if options.batch_norm and options.model != "fm":
+        sys.exit("--batch-norm is for --model fm (AFM has none)")
+    model = AFM(
+        AFMConfig(
+            encoder.num_features,
+            len(encoder.fields),
+            options.embedding_dim,
+            options.attention_dim,
+            options.model == "afm",
+            options.dropout,
+            options.batch_norm,
+        )
+    )
+    model.init_bias(float(splits.train.label.mean()), data.task)
+    if init is not None:
+        if (
+            init.config.num_features != encoder.num_features
+            or init.config.embedding_dim != options.embedding_dim
+        ):
+            sys.exit(
+                "--init-from: that bundle's vocabularies or embedding size differ from this model's"
+            )
+        both_afm = init.config.attention and model.config.attention  # then all weights carry over
+        if both_afm and init.config.attention_dim != options.attention_dim:
+            sys.exit("--init-from: that AFM bundle's attention size differs from this model's")
+        model.load_fm_embeddings(init, options.fm_start)
+        if options.freeze_embeddings:
+            model.freeze_fm_parameters()
+    cfg = TrainConfig(
+        task=data.task, epochs=options.epochs, batch_size=options.batch_size, lr=options.lr,
+        optimizer=options.optimizer, l2_attention=options.l2_attention,
+        attention_lr=options.attention_lr, weight_decay=options.weight_decay,
+        patience=options.patience, lr_decay=options.lr_decay,
+        lr_decay_patience=options.lr_decay_patience, seed=data.seed, device=options.device,
+        label_range=splits.label_range,
+    )  # fmt: skip
+
+    # a model started from a trained one is published as that start if no epoch beats it
+    history = fit(model, train_data, valid_data, cfg, name, start_is_candidate=init is not None)
+    model.cpu()
+    test_metrics = evaluate(model, test_data, TrainConfig(**{**cfg.to_dict(), "device": "cpu"}))
+    print(f"{name} test: " + "  ".join(f"{k} {v:.4f}" for k, v in test_metrics.items()), flush=True)
+    mean_attention = export.global_attention(
+        model, valid_data.index.numpy(), valid_data.value.numpy()
+    )
+    metric, _ = metrics.main_metric(cfg.task)
+    pairs = export.pair_names(model, encoder.names)
+
+    def write_plots(folder: Path) -> None:
+        plots.learning_curve(history.epochs, metric, folder / "learning_curve.png")
+        plots.attention_heatmap(encoder.names, pairs, mean_attention, folder / "attention.png")
+
+    extras = {
+        "metrics": {"validation": history.best, "test": test_metrics},
+        "training_config": {
+            **cfg.to_dict(), "batch_norm": options.batch_norm,  # fit folds it away
+            "fm_start": options.fm_start if init is not None else None,  # only a started AFM has one
+            "init_from": str(options.init_from) if options.init_from else None,
+        },
+        "data": {
+            "dataset": splits.name, "fingerprint": splits.fingerprint,
+            "rows": {"train": len(train_data), "validation": len(valid_data), "test": len(test_data)},
+        },
+        "history": history.epochs,
+        "best_epoch": history.best_epoch,
+        "train_rows_per_second": history.train_rows_per_second,
+        "artifacts": {"learning_curve": "learning_curve.png", "attention_heatmap": "attention.png"},
+    }  # fmt: skip
+    path = export.publish_bundle(
+        model,
+        encoder,
+        options.out,
+        name,
+        cfg.task,
+        splits.label_range,
+        mean_attention,
+        extras,
+        write_plots,
+    )
+    print(f"published {path}", flush=True)
+    print(f"done in {time.perf_counter() - started:.0f}s", flush=True)
+    return path
+
+
+def evaluate(bundle_path: Path, data: DataOptions, split: Split = "test") -> dict[str, float]:
+    """Metrics from the ONNX graph through onnxruntime: a bundle judged without torch."""
+    from training import metrics
+
+    loaded = read_bundle(bundle_path, "--bundle")
+    splits = load_splits(replace(data, task=loaded.manifest.task))
+    require_same_fields(loaded.encoder.names, splits.spec.names, "--bundle")
+    if not trained_on(loaded.manifest, splits):  # legitimate (new data), but say so
+        print(
+            f"note: {bundle_path} was trained on other data than this {splits.name} split;"
+            " rows it trained on may be among these",
+            file=sys.stderr,
+        )
+    table = getattr(splits, split)
+    scores = loaded.score(table.columns)
+    low, high = loaded.manifest.label_range
+    result = metrics.compute(loaded.task, table.label, scores, (low, high))
+    print(json.dumps({"bundle": str(bundle_path), "split": split, "rows": len(table), **result}))
+    return result
+
+
+def reproduce(recipe: Recipe) -> tuple[Path, Path]:
+    """The recipe's FM phase, then its AFM phase started from the FM bundle just published;
+    prints both test scores beside the paper's. Returns the FM and AFM bundle folders."""
+    from training import bundle, metrics
+
+    fm_path = train(recipe.fm)
+    afm_path = train(replace(recipe.afm, init_from=fm_path))
+    metric, _ = metrics.main_metric(recipe.afm.data.task)
+    print(f"\n{recipe.reference}")
+    for label, path in (("FM ", fm_path), ("AFM", afm_path)):
+        manifest = bundle.read(path).manifest
+        score = manifest.metrics.test[metric] if manifest.metrics else float("nan")
+        print(f"  {label}  {score:.4f}   {path}")
+    return fm_path, afm_path
