@@ -1,8 +1,16 @@
 """The onnxruntime runtime: load and verify a bundle, encode requests, predict and explain.
 
 `ServedModel` is one loaded, warmed bundle and everything derived from it (request schemas,
-sub-encoders, model card); it is never mutated after warm-up. `ModelRuntime` holds the current
-one and swaps in a new one atomically on reload, so a request keeps the model it started with.
+sub-encoders, model card). Its bundle, session, schemas and card stay as loaded; two memo caches
+fill as requests arrive: the encoder split per set of context fields (`_splits`, emptied once it
+holds SPLIT_CACHE_SIZE entries) and the encoded context values of each field (`_values`, emptied
+per field at VALUE_CACHE_SIZE entries). Concurrent requests, worker threads included, share them;
+an entry holds only what the bundle's encoder computes again on a miss, so a lost or cleared one
+changes no answer. `ModelRuntime` holds the current model and swaps in a new one atomically on
+reload, so a request keeps the model it started with.
+
+Requests reach the runtime already validated by `service.schemas`: every row gives every field
+exactly once, so encoding never refuses one.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from service.errors import BundleRefused, NotFound, NotReady, ValidationFailed
+from service.errors import BundleRefused, NotFound, NotReady
 from service.metrics import ServiceMetrics
 from service.schemas import PredictRequest, RequestSchemas, build_request_schemas
 from service.settings import Settings
@@ -57,7 +65,6 @@ class _Split:
     context_positions: list[int]
     candidates: FeatureEncoder
     candidate_positions: list[int]
-    candidate_fields: frozenset[str]
 
 
 class ServedModel:
@@ -109,6 +116,7 @@ class ServedModel:
         return self._card
 
     def parse_predict(self, body: bytes) -> PredictRequest:
+        """Parse and validate a `/predict` body with this model's request schemas."""
         return self.schemas.parse_predict(body)
 
     def encode(self, request: PredictRequest) -> Batch:
@@ -142,25 +150,6 @@ class ServedModel:
         if request.explain:
             answer["explanations"] = self._explanations(batch, out, request.top_k)
         return answer
-
-    def explain_query(self, params: Iterable[tuple[str, str]], top_k: int | None) -> dict[str, Any]:
-        """`GET /explain`: one row given as query parameters, taken apart term by term."""
-        values: dict[str, str] = {}
-        repeated = []
-        for key, value in params:
-            if key == "top_k":
-                continue
-            if key in values:
-                repeated.append((key, "given more than once"))
-            values[key] = value
-        if repeated:
-            raise ValidationFailed("each field takes one value", repeated)
-        if top_k is not None and top_k > len(self.pairs):
-            raise ValidationFailed(
-                f"top_k must be at most {len(self.pairs)}, the number of pairs",
-                [("top_k", f"greater than {len(self.pairs)}")],
-            )
-        return self.explain(self.schemas.parse_row(values), top_k)
 
     def explain(self, row: Mapping[str, Any], top_k: int | None = None) -> dict[str, Any]:
         """Score, raw, bias, linear terms and every pair sorted by |contribution|; with top_k,
@@ -205,12 +194,7 @@ class ServedModel:
         index = np.empty((n, len(self.names)), dtype=np.int64)
         value = np.empty((n, len(self.names)), dtype=np.float32)
         unseen: dict[str, int] = {}
-        try:
-            if set(map(len, candidates)) != {len(split.candidate_fields)}:
-                raise KeyError
-            columns = {f.name: [c[f.name] for c in candidates] for f in split.candidates.fields}
-        except KeyError:
-            raise self._cover_error(context, candidates, split) from None
+        columns = {f.name: [c[f.name] for c in candidates] for f in split.candidates.fields}
         if split.context_positions:
             shared = [self._encode_value(name, context[name]) for name in split.context_fields]
             index[:, split.context_positions] = [i for i, _, _ in shared]
@@ -252,34 +236,11 @@ class ServedModel:
                 context_positions=[self.positions[f.name] for f in shared],
                 candidates=FeatureEncoder(each),
                 candidate_positions=[self.positions[f.name] for f in each],
-                candidate_fields=frozenset(f.name for f in each),
             )
             if len(self._splits) >= SPLIT_CACHE_SIZE:
                 self._splits.clear()
             self._splits[context_fields] = split
         return split
-
-    def _cover_error(
-        self, context: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]], split: _Split
-    ) -> ValidationFailed:
-        given = set(context).union(*candidates)
-        absent = [name for name in self.names if name not in given]
-        details = [
-            (f"context.{name}", "missing (in neither context nor any candidate)") for name in absent
-        ]
-        for i, candidate in enumerate(candidates):
-            for name in self.names:
-                if name in candidate and name in context:
-                    details.append(
-                        (f"candidates[{i}].{name}", "given in both context and candidates")
-                    )
-                elif name in split.candidate_fields and name in given and name not in candidate:
-                    details.append(
-                        (f"candidates[{i}].{name}", "missing (in neither context nor here)")
-                    )
-        return ValidationFailed(
-            "context and each candidate together must give every field exactly once", details
-        )
 
     def _explanations(
         self, batch: Batch, out: Mapping[str, np.ndarray], top_k: int

@@ -7,6 +7,7 @@ shows the real field names and a whole request is parsed and validated in one py
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, NotRequired, TypeAlias
 
@@ -242,19 +243,53 @@ class RequestSchemas:
     row: TypeAdapter[Any]
 
     def parse_predict(self, body: bytes) -> PredictRequest:
-        """Parse and validate a `/predict` body in one pass; raises a ServiceError naming fields."""
+        """Parse and validate a `/predict` body in one pass; raises a ServiceError naming fields.
+
+        A ranking request is returned only when its context and each candidate together give
+        every field exactly once, so every row of the result is complete.
+        """
         try:
             request: dict[str, Any] = self.predict.validate_json(body, strict=True)
         except ValidationError as error:
             raise self._refusal(error.errors(include_url=False)) from None
-        ranking = "instances" not in request
+        if "instances" in request:
+            return PredictRequest(
+                rows=request["instances"],
+                context={},
+                ranking=False,
+                explain=request.get("explain", False),
+                top_k=request.get("top_k", self.default_top_k),
+            )
+        context, candidates = request["context"], request["candidates"]
+        self._check_cover(context, candidates)
         return PredictRequest(
-            rows=request["candidates"] if ranking else request["instances"],
-            context=request["context"] if ranking else {},
-            ranking=ranking,
+            rows=candidates,
+            context=context,
+            ranking=True,
             explain=request.get("explain", False),
             top_k=request.get("top_k", self.default_top_k),
         )
+
+    def parse_explain_query(
+        self, params: Iterable[tuple[str, str]], top_k: int | None
+    ) -> dict[str, Any]:
+        """Validate the row of a `GET /explain` query (`field=value` each once) and its `top_k`."""
+        values: dict[str, str] = {}
+        repeated = []
+        for key, value in params:
+            if key == "top_k":
+                continue
+            if key in values:
+                repeated.append((key, "given more than once"))
+            values[key] = value
+        if repeated:
+            raise ValidationFailed("each field takes one value", repeated)
+        if top_k is not None and top_k > self.num_pairs:
+            raise ValidationFailed(
+                f"top_k must be at most {self.num_pairs}, the number of pairs",
+                [("top_k", f"greater than {self.num_pairs}")],
+            )
+        return self.parse_row(values)
 
     def parse_row(self, values: dict[str, str]) -> dict[str, Any]:
         """Validate one row given as strings (query parameters); numbers are parsed from text."""
@@ -264,6 +299,39 @@ class RequestSchemas:
             details = validation_details(error.errors(include_url=False))
             raise ValidationFailed("the query does not match the model's fields", details) from None
         return row
+
+    def _check_cover(self, context: dict[str, Any], candidates: list[dict[str, Any]]) -> None:
+        """Every candidate must hold exactly the fields the context leaves out.
+
+        Both parts hold known fields only (the schema forbids others), so two passes over the
+        keys decide it: when no candidate names a field outside the required set, each has at
+        most that many, and the sizes add up to that many per candidate only if each is that set.
+        """
+        required = {name for name in self.field_names if name not in context}
+        if (
+            sum(map(len, candidates)) == len(required) * len(candidates)
+            and set().union(*candidates) <= required
+        ):
+            return
+        given = set(context).union(*candidates)
+        details = [
+            (f"context.{name}", "missing (in neither context nor any candidate)")
+            for name in self.field_names
+            if name not in given
+        ]
+        for i, candidate in enumerate(candidates):
+            for name in self.field_names:
+                if name in candidate and name in context:
+                    details.append(
+                        (f"candidates[{i}].{name}", "given in both context and candidates")
+                    )
+                elif name in required and name in given and name not in candidate:
+                    details.append(
+                        (f"candidates[{i}].{name}", "missing (in neither context nor here)")
+                    )
+        raise ValidationFailed(
+            "context and each candidate together must give every field exactly once", details
+        )
 
     def _refusal(self, errors: list[Any]) -> Exception:
         if any(e["type"] == "json_invalid" for e in errors):

@@ -41,7 +41,7 @@ def ranking_body(
 def test_ranking_encodes_the_context_once_and_matches_whole_rows(model: ServedModel) -> None:
     items = [*candidate_items(model.bundle, 6), "unseen-item"]
     for context in (CONTEXT, {**CONTEXT, "user": "unseen-user", "price": -3.25}):
-        request = model.parse_predict(ranking_body(context, [{"item": i} for i in items]))
+        request = model.schemas.parse_predict(ranking_body(context, [{"item": i} for i in items]))
         for _ in range(2):
             batch = model.encode(request)
             rows = [{**context, "item": item} for item in items]
@@ -53,7 +53,9 @@ def test_ranking_encodes_the_context_once_and_matches_whole_rows(model: ServedMo
 
 def test_predict_scores_equal_a_plain_session_run(model: ServedModel) -> None:
     items = candidate_items(model.bundle, 20)
-    answer = model.predict(model.parse_predict(ranking_body(CONTEXT, [{"item": i} for i in items])))
+    answer = model.predict(
+        model.schemas.parse_predict(ranking_body(CONTEXT, [{"item": i} for i in items]))
+    )
     rows = [{**CONTEXT, "item": item} for item in items]
     encoded = model.encoder.encode({n: [r[n] for r in rows] for n in model.names})
     session = model.bundle.session()
@@ -76,20 +78,31 @@ def test_explain_parts_add_up_to_raw_and_attention_sums_to_one(model: ServedMode
 
 def test_explain_query_parses_numbers_and_refuses_repeated_fields(model: ServedModel) -> None:
     params = [(k, str(v)) for k, v in {**CONTEXT, "item": "1"}.items()]
-    answer = model.explain_query(params, top_k=2)
+    row = model.schemas.parse_explain_query(params, top_k=2)
+    assert row["price"] == 1.5
+    answer = model.explain(row, top_k=2)
     assert answer["linear"][-1] == {**answer["linear"][-1], "field": "price", "value": 1.5}
     assert answer["top_pairs"] == answer["pairs"][:2]
     with pytest.raises(ValidationFailed) as repeated:
-        model.explain_query([*params, ("item", "2")], top_k=None)
+        model.schemas.parse_explain_query([*params, ("item", "2")], top_k=None)
     assert repeated.value.details == [("item", "given more than once")]
+
+
+def test_explain_query_refuses_top_k_beyond_the_pairs(model: ServedModel) -> None:
+    params = [(k, str(v)) for k, v in {**CONTEXT, "item": "1"}.items()]
+    pairs = len(model.pairs)
+    assert model.schemas.parse_explain_query([*params, ("top_k", "1")], top_k=pairs)
+    with pytest.raises(ValidationFailed) as failed:
+        model.schemas.parse_explain_query(params, top_k=pairs + 1)
+    assert failed.value.details == [("top_k", f"greater than {pairs}")]
 
 
 def test_unseen_values_count_scored_rows_in_both_shapes(model: ServedModel) -> None:
     context = {**CONTEXT, "user": "nobody"}
     candidates = [{"item": "1"}, {"item": "nothing"}, {"item": "nothing"}]
-    ranked = model.predict(model.parse_predict(ranking_body(context, candidates)))
+    ranked = model.predict(model.schemas.parse_predict(ranking_body(context, candidates)))
     rows = [{**context, **c} for c in candidates]
-    whole = model.predict(model.parse_predict(orjson.dumps({"instances": rows})))
+    whole = model.predict(model.schemas.parse_predict(orjson.dumps({"instances": rows})))
     assert ranked["unknown_values"] == whole["unknown_values"]
     assert ranked["unknown_values"]["user"] == 3
     assert ranked["unknown_values"]["item"] == 2
@@ -98,19 +111,47 @@ def test_unseen_values_count_scored_rows_in_both_shapes(model: ServedModel) -> N
 
 def test_cover_errors_name_each_candidate_field(model: ServedModel) -> None:
     candidates = [{"item": "1"}, {"item": "2", "city": "3"}, {}]
-    request = model.parse_predict(ranking_body(CONTEXT, candidates))
     with pytest.raises(ValidationFailed) as failed:
-        model.encode(request)
+        model.schemas.parse_predict(ranking_body(CONTEXT, candidates))
     assert failed.value.status_code == 422
-    fields = [name for name, _ in failed.value.details]
-    assert fields == ["candidates[1].city", "candidates[2].item"]
+    assert failed.value.details == [
+        ("candidates[1].city", "given in both context and candidates"),
+        ("candidates[2].item", "missing (in neither context nor here)"),
+    ]
     context = {k: v for k, v in CONTEXT.items() if k != "city"}
-    request = model.parse_predict(ranking_body(context, [{"item": "1"}] * 80))
     with pytest.raises(ValidationFailed) as absent:
-        model.encode(request)
+        model.schemas.parse_predict(ranking_body(context, [{"item": "1"}] * 80))
     assert absent.value.details == [
         ("context.city", "missing (in neither context nor any candidate)")
     ]
+
+
+@pytest.mark.parametrize(
+    "candidates",
+    [
+        [{"item": "1", "city": "3"}, {"user": "2"}],  # right sizes, a context field, item absent
+        [{"item": "1"}, {"city": "3"}],  # right sizes, one candidate swaps item for city
+        [{"item": "1", "city": "3"}],  # item plus a context field
+    ],
+)
+def test_a_ranking_request_that_misses_or_repeats_a_field_is_refused(
+    model: ServedModel, candidates: list[dict[str, str]]
+) -> None:
+    with pytest.raises(ValidationFailed) as failed:
+        model.schemas.parse_predict(ranking_body(CONTEXT, candidates))
+    assert failed.value.message.startswith("context and each candidate together")
+    assert all(field.startswith("candidates[") for field, _ in failed.value.details)
+
+
+def test_any_split_between_context_and_candidates_is_accepted(model: ServedModel) -> None:
+    row = {**CONTEXT, "item": "1"}
+    whole = model.predict(model.schemas.parse_predict(orjson.dumps({"instances": [row] * 2})))
+    for shared in ([], ["user"], [n for n in model.names if n != "item"], list(model.names)):
+        context = {n: row[n] for n in shared}
+        candidate = {n: v for n, v in row.items() if n not in context}
+        request = model.schemas.parse_predict(ranking_body(context, [candidate] * 2))
+        assert request.ranking and len(request.rows) == 2
+        np.testing.assert_array_equal(model.predict(request)["scores"], whole["scores"])
 
 
 def test_runtime_is_not_ready_until_a_bundle_loads(tmp_path: Path) -> None:
