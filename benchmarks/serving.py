@@ -48,22 +48,24 @@ import os
 import platform
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
 
+from service.process import HOST, ServerProcess, free_port, service_command
+from service.process import start as start_server
 from training import bundle as bundles
 from training.bundle.features import CategoricalField, FeatureEncoder
 
+T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 MODELS = RESULTS / "models"
@@ -209,7 +211,7 @@ def request_path_rows_per_second(
 
     def handle(body: bytes) -> bytes:
         return orjson.dumps(
-            model.predict(model.parse_predict(body)), option=orjson.OPT_SERIALIZE_NUMPY
+            model.predict(model.schemas.parse_predict(body)), option=orjson.OPT_SERIALIZE_NUMPY
         )
 
     return {n: _loop_rate(lambda b=body: handle(b), seconds, n) for n, body in bodies.items()}
@@ -248,58 +250,40 @@ def _loop_rate(call: Any, seconds: float, rows: int) -> Rate:
 
 @dataclass
 class Server:
+    """A server to measure: its command (listening on `port`) and the environment it adds."""
+
     name: str
     command: list[str]
     env: dict[str, str]
     port: int
     log: Path
-    process: subprocess.Popen[bytes] | None = None
+    running: ServerProcess | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{HOST}:{self.port}"
 
-    def start(self, timeout: float = 90.0) -> None:
-        import httpx
-
-        log = self.log.open("wb")
-        self.process = subprocess.Popen(
-            self.command, cwd=ROOT, env={**os.environ, **self.env}, stdout=log, stderr=log
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited: see {self.log}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
-                    return
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"{self.name} not ready after {timeout:.0f} s: see {self.log}")
+    def start(self, timeout: float = 90.0) -> ServerProcess:
+        self.running = start_server(
+            self.command, self.port, self.log, env={**os.environ, **self.env}, cwd=ROOT,
+            timeout=timeout,
+        )  # fmt: skip
+        return self.running
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        if self.running is not None:
+            self.running.stop(timeout=10)
 
 
 def service_server(bundle_dir: Path, pin: bool, log: Path) -> Server:
     port = free_port()
     command = [
-        *taskset(SERVER_CPU, pin), sys.executable, "-m", "service",
-        "--models-dir", str(bundle_dir.parent.parent), "--model-name", bundle_dir.parent.name,
-        "--model-version", bundle_dir.name, "--host", "127.0.0.1", "--port", str(port),
-        "--log-level", "warning",
+        *taskset(SERVER_CPU, pin),
+        *service_command(
+            port, "--models-dir", str(bundle_dir.parent.parent),
+            "--model-name", bundle_dir.parent.name, "--model-version", bundle_dir.name,
+            "--log-level", "warning",
+        ),
     ]  # fmt: skip
     env = {"AFM_INTRA_OP_THREADS": "1", "AFM_ACCESS_LOG": "false", "AFM_MAX_CANDIDATES": "1000"}
     return Server("service", command, env, port, log)
@@ -309,7 +293,7 @@ def tutorial_server(bundle_dir: Path, pin: bool, log: Path) -> Server:
     port = free_port()
     command = [
         *taskset(SERVER_CPU, pin), sys.executable, "-m", "uvicorn",
-        "benchmarks.peers.tutorial_service:app", "--host", "127.0.0.1", "--port", str(port),
+        "benchmarks.peers.tutorial_service:app", "--host", HOST, "--port", str(port),
         "--no-access-log", "--log-level", "warning",
     ]  # fmt: skip
     env = {"AFM_BUNDLE": str(bundle_dir), "AFM_INTRA_OP_THREADS": "1"}
@@ -351,7 +335,7 @@ def wrk_saturation(
 
 def http_request(port: int, body: bytes) -> bytes:
     head = (
-        f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"POST /predict HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
@@ -378,7 +362,7 @@ async def _closed_loop(port: int, request: bytes, connections: int, seconds: flo
 
     async def worker() -> None:
         nonlocal done, errors
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        reader, writer = await asyncio.open_connection(HOST, port)
         while time.perf_counter() < deadline:
             ok = await _exchange(reader, writer, request)
             done, errors = done + 1, errors + (not ok)
@@ -398,7 +382,7 @@ async def _open_loop(port: int, request: bytes, rate: float, seconds: float) -> 
 
     async def one(due: float) -> None:
         nonlocal errors
-        conn = idle.pop() if idle else await asyncio.open_connection("127.0.0.1", port)
+        conn = idle.pop() if idle else await asyncio.open_connection(HOST, port)
         ok = await _exchange(*conn, request)
         latencies.append(time.perf_counter() - due)
         errors += not ok
@@ -440,7 +424,7 @@ def open_loop_latency(port: int, body: bytes, rate: float, seconds: float, pin: 
         return _run(_open_loop(port, request, rate, seconds))
 
 
-def _run(coroutine: Any) -> Any:
+def _run(coroutine: Coroutine[Any, Any, T]) -> T:
     try:
         import uvloop
 
@@ -476,9 +460,7 @@ def measure_server(
     pin: bool,
     work: Path,
 ) -> Row:
-    server.start()
-    assert server.process is not None
-    pid = server.process.pid
+    pid = server.start().process.pid
     try:
         rates, notes = {}, []
         for n, body in bodies.items():

@@ -7,19 +7,16 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from service.client import AFMClient
+from service.process import ServerProcess, free_port, service_command, start
 from training import bundle as bundles
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,10 +46,20 @@ SERVER_ENV = {
 class Server:
     """A running service process."""
 
-    url: str
-    process: subprocess.Popen[bytes]
-    log: Path
+    running: ServerProcess
     models_dir: Path
+
+    @property
+    def url(self) -> str:
+        return self.running.url
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        return self.running.process
+
+    @property
+    def log(self) -> Path:
+        return self.running.log
 
     def client(self, **options: Any) -> AFMClient:
         return AFMClient(self.url, **options)
@@ -60,12 +67,6 @@ class Server:
     def logs(self) -> list[dict[str, Any]]:
         lines = self.log.read_text(errors="replace").splitlines()
         return [json.loads(line) for line in lines if line.startswith("{")]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def torch_blocker(folder: Path) -> Path:
@@ -104,39 +105,18 @@ def publish_copy(models_dir: Path, name: str, version: int) -> Path:
 
 def start_server(models_dir: Path, workdir: Path, **env: str) -> Server:
     port = free_port()
-    log = workdir / f"server-{port}.log"
-    command = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)]
-    command += ["--models-dir", str(models_dir)]
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=blocked_torch_env(workdir / "shim", **{**SERVER_ENV, **env}),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    server = Server(f"http://127.0.0.1:{port}", process, log, models_dir)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited ({process.returncode}):\n{log.read_text()}")
-        try:
-            if httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    stop_server(server)
-    raise RuntimeError(f"the server did not get ready:\n{log.read_text()}")
+    running = start(
+        service_command(port, "--models-dir", str(models_dir)),
+        port,
+        workdir / f"server-{port}.log",
+        env=blocked_torch_env(workdir / "shim", **{**SERVER_ENV, **env}),
+        cwd=ROOT,
+    )
+    return Server(running, models_dir)
 
 
 def stop_server(server: Server) -> None:
-    server.process.terminate()
-    try:
-        server.process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait()
+    server.running.stop()
 
 
 @contextlib.contextmanager
@@ -169,5 +149,5 @@ def served_bundle(tiny_bundle: Path) -> bundles.Bundle:
 
 def candidate_items(bundle: bundles.Bundle, n: int) -> list[str]:
     """n distinct known items, in an order that is not the vocabulary's."""
-    items = list(bundle.encoder.field("item").vocabulary)[:n]
+    items = list(bundle.encoder.categorical("item").vocabulary)[:n]
     return items[1::2] + items[0::2]

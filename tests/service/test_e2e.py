@@ -21,7 +21,8 @@ def offline_scores(bundle: bundles.Bundle, rows: Sequence[Mapping[str, object]])
     columns = {name: [row[name] for row in rows] for name in bundle.encoder.names}
     encoded = bundle.encoder.encode(columns)
     feeds = {"feature_index": encoded.index, "feature_value": encoded.value}
-    return bundle.session().run(["score"], feeds)[0]
+    scores: np.ndarray = bundle.session().run(["score"], feeds)[0]
+    return scores
 
 
 def test_health_and_readiness_answer(client: AFMClient) -> None:
@@ -156,7 +157,7 @@ def test_model_card_lists_fields_examples_metrics_and_global_attention(
     )
     fields = {f["name"]: f for f in card["fields"]}
     assert list(fields) == served_bundle.encoder.names
-    item = served_bundle.encoder.field("item")
+    item = served_bundle.encoder.categorical("item")
     assert fields["item"]["cardinality"] == len(item.vocabulary)
     assert fields["item"]["examples"] == list(item.vocabulary)[:3]
     assert fields["price"]["kind"] == "numeric"
@@ -213,7 +214,7 @@ def test_openapi_and_docs_show_the_real_field_names(
     assert instance["properties"]["price"]["type"] == "number"
     assert (
         instance["properties"]["daytime"]["examples"][0]
-        in served_bundle.encoder.field("daytime").vocabulary
+        in served_bundle.encoder.categorical("daytime").vocabulary
     )
     assert instance["additionalProperties"] is False
     body = document["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
