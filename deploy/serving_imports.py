@@ -16,14 +16,13 @@ CONTRACT = "training.bundle"
 def offenders(modules: list[str]) -> list[str]:
     """Loaded modules outside the allowlist: `training` itself, the contract package, and
     anything that is neither training's nor a training-only library."""
+    def allowed_of_training(name: str) -> bool:
+        return name in ("training", CONTRACT) or name.startswith(CONTRACT + ".")
+
     found = []
     for name in modules:
         top = name.split(".")[0]
-        if top in TRAINING_ONLY:
-            found.append(name)
-        elif top == "training" and name != "training" and not (
-            name == CONTRACT or name.startswith(CONTRACT + ".")
-        ):
+        if top in TRAINING_ONLY or (top == "training" and not allowed_of_training(name)):
             found.append(name)
     return sorted(found)
 
