@@ -16,6 +16,7 @@ CONTRACT = "training.bundle"
 def offenders(modules: list[str]) -> list[str]:
     """Loaded modules outside the allowlist: `training` itself, the contract package, and
     anything that is neither training's nor a training-only library."""
+
     def allowed_of_training(name: str) -> bool:
         return name in ("training", CONTRACT) or name.startswith(CONTRACT + ".")
 
