@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import socket
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import uvicorn
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from service.api import create_app
 from service.logging_config import configure_logging
@@ -42,11 +46,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     overrides: dict[str, Any] = {k: v for k, v in vars(args).items() if v is not None}
-    settings = Settings(**overrides)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as error:
+        options = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
+        for problem in error.errors(include_url=False):
+            print(f"{parser.prog}: {_setting_problem(problem, options)}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except SettingsError as error:
+        print(f"{parser.prog}: invalid settings: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    try:
+        listening = bind(settings.host, settings.port)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        print(
+            f"{parser.prog}: cannot listen on {settings.host}:{settings.port}: {reason}",
+            file=sys.stderr,
+        )
+        raise SystemExit(1) from None
     configure_logging(settings.log_level)
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
         port=settings.port,
@@ -55,6 +78,29 @@ def main(argv: Sequence[str] | None = None) -> None:
         server_header=False,
         timeout_graceful_shutdown=10,
     )
+    uvicorn.Server(config).run(sockets=[listening])
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to host:port, before any model loads; OSError when it is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listening = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listening.bind((host, port))
+    except OSError:
+        listening.close()
+        raise
+    return listening
+
+
+def _setting_problem(problem: Mapping[str, Any], options: Mapping[str, str]) -> str:
+    """One line naming the setting (its variable, and its option when it has one)."""
+    field = str(problem["loc"][0]) if problem.get("loc") else "settings"
+    name = f"AFM_{field.upper()}"
+    if field in options:
+        name += f" / {options[field]}"
+    return f"invalid setting {name}: {problem['msg']} (got {problem.get('input')!r})"
 
 
 if __name__ == "__main__":

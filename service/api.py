@@ -22,7 +22,6 @@ from service.errors import (
     BadRequest,
     Forbidden,
     PayloadTooLarge,
-    ServiceError,
     Unauthorized,
     UnsupportedMediaType,
 )
@@ -45,6 +44,7 @@ from service.schemas import (
 from service.settings import Settings
 
 log = logging.getLogger("service.api")
+STOP_LOADER_SECONDS = 30.0
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
@@ -211,26 +211,28 @@ async def read_json_body(request: Request, limit: int, optional: bool = False) -
     return b"".join(chunks)
 
 
-def _load_at_start(runtime: ModelRuntime, settings: Settings) -> None:
-    try:
-        runtime.load(settings.model_name, settings.model_version)
-    except ServiceError as error:
-        log.error("no model served at start", extra={"reason": error.message})
-
-
 def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = None) -> FastAPI:
-    """The service: loads the configured bundle in the background; ready once it is warm."""
+    """The service: loads the configured bundle in the background; ready once it is warm.
+
+    At start it serves the newest version that verifies, and tries again every
+    `load_retry_seconds` while none does; shutting down stops the attempts.
+    """
     settings = settings or Settings()
     metrics = runtime.metrics if runtime and runtime.metrics else ServiceMetrics()
     runtime = runtime or ModelRuntime(settings, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
+        stop = threading.Event()
+        loader = threading.Thread(
+            target=runtime.load_at_start, args=(stop,), name="load", daemon=True
+        )
         if not runtime.ready:
-            threading.Thread(
-                target=_load_at_start, args=(runtime, settings), name="load", daemon=True
-            ).start()
+            loader.start()
         yield
+        stop.set()
+        if loader.is_alive():
+            await anyio.to_thread.run_sync(loader.join, STOP_LOADER_SECONDS)
 
     app = FastAPI(
         title="AFM prediction service",

@@ -4,10 +4,16 @@ Usage:
 
     with AFMClient("http://127.0.0.1:8000") as afm:
         scores = afm.rank({"user": "0", ...}, [{"item": "1"}, {"item": "2"}])["scores"]
+
+A call that fails to reach the service (a transport error) or is answered 503 is tried again up to
+`retries` times, after `backoff` seconds doubled on each try, or after the answer's `Retry-After`
+(at most MAX_RETRY_AFTER seconds).
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self, TypedDict, cast
@@ -15,6 +21,7 @@ from typing import Any, Self, TypedDict, cast
 import httpx
 
 Row = Mapping[str, str | float]
+MAX_RETRY_AFTER = 30.0
 
 
 class ModelRef(TypedDict):
@@ -127,6 +134,17 @@ def _reload_body(name: str | None, version: int | None) -> dict[str, Any]:
     return {k: v for k, v in (("name", name), ("version", version)) if v is not None}
 
 
+def _retry_delay(attempt: int, backoff: float, response: httpx.Response | None) -> float:
+    """Seconds to wait before try `attempt + 1`: the answer's Retry-After, else the backoff."""
+    if response is not None:
+        header = response.headers.get("retry-after", "")
+        try:
+            return min(max(0.0, float(header)), MAX_RETRY_AFTER)
+        except ValueError:
+            pass
+    return backoff * 2.0**attempt
+
+
 def _answer(response: httpx.Response) -> Any:
     try:
         body = response.json()
@@ -146,19 +164,39 @@ class AFMClient:
         *,
         api_key: str | None = None,
         timeout: float = 10.0,
+        retries: int = 2,
+        backoff: float = 0.1,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        """`retries`: tries after the first on a transport error or a 503; `backoff`: seconds
+        before the first of them, doubled on each (a 503's Retry-After wins)."""
+        self.retries, self.backoff = retries, backoff
         headers = {"X-API-Key": api_key} if api_key else {}
         self._http = httpx.Client(
             base_url=base_url, timeout=timeout, headers=headers, transport=transport
         )
+
+    def _send(self, method: str, url: str, **options: Any) -> httpx.Response:
+        """One call, tried again on a transport error or a 503 as the client is configured."""
+        for attempt in range(self.retries + 1):
+            try:
+                response = self._http.request(method, url, **options)
+            except httpx.TransportError:
+                if attempt == self.retries:
+                    raise
+                time.sleep(_retry_delay(attempt, self.backoff, None))
+                continue
+            if response.status_code != 503 or attempt == self.retries:
+                return response
+            time.sleep(_retry_delay(attempt, self.backoff, response))
+        raise AssertionError("unreachable")
 
     def predict(
         self, instances: Sequence[Row], *, explain: bool = False, top_k: int | None = None
     ) -> Prediction:
         """Score whole rows, in order."""
         body = _predict_body(instances, None, None, explain, top_k)
-        return cast(Prediction, _answer(self._http.post("/predict", json=body)))
+        return cast(Prediction, _answer(self._send("POST", "/predict", json=body)))
 
     def rank(
         self,
@@ -170,33 +208,37 @@ class AFMClient:
     ) -> Prediction:
         """Score candidates sharing one context (encoded once by the service), in order."""
         body = _predict_body(None, context, candidates, explain, top_k)
-        return cast(Prediction, _answer(self._http.post("/predict", json=body)))
+        return cast(Prediction, _answer(self._send("POST", "/predict", json=body)))
 
     def explain(self, row: Row, *, top_k: int | None = None) -> Explanation:
         """Take one row apart: bias, linear terms and pairs."""
-        response = self._http.get("/explain", params=_explain_params(row, top_k))
+        response = self._send("GET", "/explain", params=_explain_params(row, top_k))
         return cast(Explanation, _answer(response))
 
     def model(self) -> dict[str, Any]:
         """The served model's card."""
-        return cast(dict[str, Any], _answer(self._http.get("/model")))
+        return cast(dict[str, Any], _answer(self._send("GET", "/model")))
 
     def health(self) -> dict[str, Any]:
         """`GET /healthz`; raises AFMError unless alive."""
-        return cast(dict[str, Any], _answer(self._http.get("/healthz")))
+        return cast(dict[str, Any], _answer(self._send("GET", "/healthz")))
 
     def ready(self) -> bool:
-        """Whether a model is loaded and warmed."""
-        return self._http.get("/readyz").status_code == 200
+        """Whether a model is loaded and warmed; False when the service cannot be reached.
+        Asked once, without retries."""
+        try:
+            return self._http.get("/readyz").status_code == 200
+        except httpx.TransportError:
+            return False
 
     def reload(self, *, name: str | None = None, version: int | None = None) -> dict[str, Any]:
         """Ask the service to load and swap in a bundle (needs an API key)."""
-        response = self._http.post("/admin/reload", json=_reload_body(name, version))
+        response = self._send("POST", "/admin/reload", json=_reload_body(name, version))
         return cast(dict[str, Any], _answer(response))
 
     def metrics(self) -> str:
         """The Prometheus exposition text."""
-        response = self._http.get("/metrics")
+        response = self._send("GET", "/metrics")
         if response.is_error:
             _answer(response)
         return response.text
@@ -225,19 +267,38 @@ class AsyncAFMClient:
         *,
         api_key: str | None = None,
         timeout: float = 10.0,
+        retries: int = 2,
+        backoff: float = 0.1,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        """`retries` and `backoff` as for AFMClient."""
+        self.retries, self.backoff = retries, backoff
         headers = {"X-API-Key": api_key} if api_key else {}
         self._http = httpx.AsyncClient(
             base_url=base_url, timeout=timeout, headers=headers, transport=transport
         )
+
+    async def _send(self, method: str, url: str, **options: Any) -> httpx.Response:
+        """One call, tried again on a transport error or a 503 as the client is configured."""
+        for attempt in range(self.retries + 1):
+            try:
+                response = await self._http.request(method, url, **options)
+            except httpx.TransportError:
+                if attempt == self.retries:
+                    raise
+                await asyncio.sleep(_retry_delay(attempt, self.backoff, None))
+                continue
+            if response.status_code != 503 or attempt == self.retries:
+                return response
+            await asyncio.sleep(_retry_delay(attempt, self.backoff, response))
+        raise AssertionError("unreachable")
 
     async def predict(
         self, instances: Sequence[Row], *, explain: bool = False, top_k: int | None = None
     ) -> Prediction:
         """Score whole rows, in order."""
         body = _predict_body(instances, None, None, explain, top_k)
-        return cast(Prediction, _answer(await self._http.post("/predict", json=body)))
+        return cast(Prediction, _answer(await self._send("POST", "/predict", json=body)))
 
     async def rank(
         self,
@@ -249,35 +310,39 @@ class AsyncAFMClient:
     ) -> Prediction:
         """Score candidates sharing one context, in order."""
         body = _predict_body(None, context, candidates, explain, top_k)
-        return cast(Prediction, _answer(await self._http.post("/predict", json=body)))
+        return cast(Prediction, _answer(await self._send("POST", "/predict", json=body)))
 
     async def explain(self, row: Row, *, top_k: int | None = None) -> Explanation:
         """Take one row apart: bias, linear terms and pairs."""
-        response = await self._http.get("/explain", params=_explain_params(row, top_k))
+        response = await self._send("GET", "/explain", params=_explain_params(row, top_k))
         return cast(Explanation, _answer(response))
 
     async def model(self) -> dict[str, Any]:
         """The served model's card."""
-        return cast(dict[str, Any], _answer(await self._http.get("/model")))
+        return cast(dict[str, Any], _answer(await self._send("GET", "/model")))
 
     async def health(self) -> dict[str, Any]:
         """`GET /healthz`; raises AFMError unless alive."""
-        return cast(dict[str, Any], _answer(await self._http.get("/healthz")))
+        return cast(dict[str, Any], _answer(await self._send("GET", "/healthz")))
 
     async def ready(self) -> bool:
-        """Whether a model is loaded and warmed."""
-        return (await self._http.get("/readyz")).status_code == 200
+        """Whether a model is loaded and warmed; False when the service cannot be reached.
+        Asked once, without retries."""
+        try:
+            return (await self._http.get("/readyz")).status_code == 200
+        except httpx.TransportError:
+            return False
 
     async def reload(
         self, *, name: str | None = None, version: int | None = None
     ) -> dict[str, Any]:
         """Ask the service to load and swap in a bundle (needs an API key)."""
-        response = await self._http.post("/admin/reload", json=_reload_body(name, version))
+        response = await self._send("POST", "/admin/reload", json=_reload_body(name, version))
         return cast(dict[str, Any], _answer(response))
 
     async def metrics(self) -> str:
         """The Prometheus exposition text."""
-        response = await self._http.get("/metrics")
+        response = await self._send("GET", "/metrics")
         if response.is_error:
             _answer(response)
         return response.text

@@ -16,20 +16,23 @@ exactly once, so encoding never refuses one.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-from service.errors import BundleRefused, NotFound, NotReady
+from service.errors import BundleRefused, NotFound, NotReady, ServiceError, ValidationFailed
 from service.metrics import ServiceMetrics
 from service.schemas import PredictRequest, RequestSchemas, build_request_schemas
-from service.settings import Settings
+from service.settings import Settings, name_problem
 from training import bundle as bundles
+from training.bundle.features import MISSING as MISSING_VALUE
 from training.bundle.features import CategoricalField, FeatureEncoder
 
 log = logging.getLogger("service.runtime")
@@ -39,6 +42,7 @@ EXPLAIN = ["score", "raw", "attention", "pair_contribution"]
 ALL = [*EXPLAIN, "linear_contribution"]
 SPLIT_CACHE_SIZE = 64
 VALUE_CACHE_SIZE = 1 << 16
+DIGEST = re.compile(r"\b[0-9a-fA-F]{64}\b")
 
 
 @dataclass(frozen=True)
@@ -177,14 +181,35 @@ class ServedModel:
         return answer
 
     def warm_up(self, sizes: Iterable[int]) -> None:
-        """Run every output set once at each batch size, so first requests pay no allocation."""
-        oov = np.array([f.offset for f in self.encoder.fields], dtype=np.int64)
-        for size in sorted(set(sizes)):
-            index = np.broadcast_to(oov, (size, len(oov))).copy()
-            value = np.ones((size, len(oov)), dtype=np.float32)
-            feeds = {"feature_index": index, "feature_value": value}
+        """Score every vocabulary value of every field, then run every output set once at each
+        batch size, so that a value the graph cannot score is found here and first requests pay
+        no allocation."""
+        sizes = sorted(set(sizes))
+        for index, value in self._warm_up_rows(sizes[-1]):
+            self.session.run(SCORE, {"feature_index": index, "feature_value": value})
+        index, value = next(self._warm_up_rows(sizes[-1]))
+        for size in sizes:
+            feeds = {"feature_index": index[:size], "feature_value": value[:size]}
             for outputs in (SCORE, EXPLAIN, ALL):
                 self.session.run(outputs, feeds)
+
+    def _warm_up_rows(self, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Batches of `size` encoded rows that together hold every vocabulary value and the OOV
+        slot of every categorical field (each field cycles through its own values)."""
+        longest = max(
+            (f.size for f in self.encoder.fields if isinstance(f, CategoricalField)), default=1
+        )
+        values = {
+            f.name: np.array([MISSING_VALUE, *f.vocabulary], dtype=object)
+            if isinstance(f, CategoricalField)
+            else np.array([f.mean])
+            for f in self.encoder.fields
+        }
+        for start in range(0, longest, size):
+            rows = np.arange(start, start + size)
+            columns = {name: column[rows % len(column)] for name, column in values.items()}
+            encoded = self.encoder.encode(columns)
+            yield encoded.index, encoded.value
 
     def _encode_ranking(
         self, context: Mapping[str, Any], candidates: Sequence[Mapping[str, Any]]
@@ -303,7 +328,11 @@ class ServedModel:
 
 
 class ModelRuntime:
-    """Owns the served model: loads, verifies and warms bundles, and swaps them atomically."""
+    """Owns the served model: loads, verifies and warms bundles, and swaps them atomically.
+
+    Error messages it raises name models and versions, never server paths or digests; the logs
+    carry those.
+    """
 
     def __init__(self, settings: Settings, metrics: ServiceMetrics | None = None) -> None:
         self.settings = settings
@@ -331,28 +360,26 @@ class ModelRuntime:
     def load(self, name: str | None = None, version: int | None = None) -> ServedModel:
         """Resolve, verify and warm a bundle beside the current one, then swap it in.
 
-        NotFound when no such model or version exists, BundleRefused when the bundle fails
-        verification; either way the model served before keeps serving.
+        ValidationFailed for a name that is not a folder name of the models directory, NotFound
+        when no such model or version exists, BundleRefused when the bundle fails verification;
+        either way the model served before keeps serving.
         """
         with self._lock:
-            try:
-                path = bundles.resolve(self.settings.models_dir, name, version)
-            except bundles.BundleError as error:
-                self._refused(error.reason)
-                field = "version" if version is not None and "version" in error.reason else "name"
-                raise NotFound(str(error), [(field, error.reason)]) from None
+            path = self._resolve(name, version)
+            where = self._public(str(path))
             try:
                 bundle = bundles.read(path)
                 session = bundle.session(bundles.session_options(self.settings.intra_op_threads))
                 served = ServedModel(bundle, session, self.settings, self.metrics)
                 served.warm_up(self.warm_up_sizes())
             except bundles.BundleError as error:
-                self._refused(str(error))
-                details = [("bundle", error.reason)]
-                raise BundleRefused(f"bundle refused: {error}", details) from None
+                self._refused(f"{where}: {self._public(error.reason)}", str(error))
+                details = [("bundle", self._public(error.reason))]
+                raise BundleRefused(f"bundle refused: {where}: {details[0][1]}", details) from None
             except Exception as error:
-                self._refused(f"{path}: {error}")
-                raise BundleRefused(f"bundle refused: {path}: {error}") from None
+                reason = self._public(f"{where}: {error}")
+                self._refused(reason, f"{path}: {error}")
+                raise BundleRefused(f"bundle refused: {reason}") from None
             self._current = served
             self.load_error = None
         if self.metrics is not None:
@@ -370,9 +397,98 @@ class ModelRuntime:
             name = current.name if current is not None else self.settings.model_name
         return self.load(name, version)
 
-    def _refused(self, reason: str) -> None:
+    def load_at_start(self, stop: threading.Event) -> None:
+        """Serve the newest version of the configured model that verifies, logging each one
+        refused; while none does, try again every `load_retry_seconds` until `stop` is set or a
+        model serves (a reload may get there first)."""
+        while not stop.is_set() and not self.ready:
+            try:
+                name, versions = self._start_candidates()
+            except ServiceError as error:
+                self.load_error = error.message
+                log.error("no model served at start", extra={"reason": error.message})
+            else:
+                for version in versions:
+                    if stop.is_set() or self.ready:
+                        return
+                    try:
+                        self.load(name, version)
+                        return
+                    except ServiceError as error:
+                        log.warning(
+                            "start-up refused a version",
+                            extra={"model": name, "version": version, "reason": error.message},
+                        )
+                self.load_error = (
+                    f"no version of model {name!r} verifies (tried {versions}); "
+                    f"the last refusal: {self.load_error}"
+                )
+                log.error("no model served at start", extra={"reason": self.load_error})
+            stop.wait(self.settings.load_retry_seconds)
+
+    def _start_candidates(self) -> tuple[str, list[int]]:
+        """The model to serve at start and its versions to try, newest first."""
+        name, version = self.settings.model_name, self.settings.model_version
+        if name is None:
+            try:
+                name = bundles.resolve(self.settings.models_dir).parent.name
+            except bundles.BundleError as error:
+                raise NotFound(self._public(error.reason), [("name", "no bundle found")]) from None
+        if version is not None:
+            return name, [version]
+        available = sorted(bundles.versions(self.settings.models_dir / name), reverse=True)
+        if not available:
+            models = ", ".join(self.available_models()) or "none"
+            raise NotFound(
+                f"no bundle of model {name!r}; the models directory holds: {models}",
+                [("name", "no such model")],
+            )
+        return name, available
+
+    def available_models(self) -> list[str]:
+        """Names of the models with at least one published version."""
+        root = self.settings.models_dir
+        if not root.is_dir():
+            return []
+        return sorted(
+            p.name
+            for p in root.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and bundles.versions(p)
+        )
+
+    def _resolve(self, name: str | None, version: int | None) -> Path:
+        """The bundle folder for a name and version, inside the models directory."""
+        if name is not None and (problem := name_problem(name)) is not None:
+            self._refused(f"not a model name: {problem}", f"not a model name: {name!r}")
+            raise ValidationFailed("not a model name", [("name", problem)])
+        try:
+            path = bundles.resolve(self.settings.models_dir, name, version)
+        except bundles.BundleError as error:
+            reason = self._public(error.reason)
+            self._refused(reason, str(error))
+            field = "version" if version is not None and "version" in error.reason else "name"
+            if field == "name":
+                models = ", ".join(self.available_models()) or "none"
+                reason = f"{reason}; the models directory holds: {models}"
+            raise NotFound(reason, [(field, self._public(error.reason))]) from None
+        root = self.settings.models_dir.resolve()
+        if not path.resolve().is_relative_to(root):
+            self._refused("outside the models directory", f"{path} is outside {root}")
+            raise ValidationFailed(
+                "not a model of the models directory", [("name", "outside the models directory")]
+            )
+        return path
+
+    def _public(self, text: str) -> str:
+        """`text` without server paths (bundle folders as `<name>/<version>`) or digests."""
+        for root in {str(self.settings.models_dir.resolve()), str(self.settings.models_dir)}:
+            if root not in (".", ""):
+                text = text.replace(root + "/", "").replace(root, "<models>")
+        return DIGEST.sub("<sha256>", text)
+
+    def _refused(self, reason: str, logged: str) -> None:
         if self._current is None:
             self.load_error = reason
         if self.metrics is not None:
             self.metrics.reloads.labels("refused").inc()
-        log.error("bundle refused", extra={"reason": reason})
+        log.error("bundle refused", extra={"reason": logged})

@@ -31,6 +31,7 @@ from service.errors import (
     field_path,
     validation_details,
 )
+from service.settings import ModelName
 from training.bundle.features import CategoricalField, FeatureEncoder, NumericField
 
 Value: TypeAlias = str | float
@@ -142,7 +143,7 @@ class ReloadRequest(BaseModel):
 
     model_config = FORBID
 
-    name: str | None = None
+    name: ModelName | None = None
     version: Annotated[int, Field(ge=1)] | None = None
 
 

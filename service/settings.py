@@ -2,14 +2,36 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AfterValidator, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+MODEL_NAME = re.compile(r"[A-Za-z0-9._-]+")
+MAX_MODEL_NAME_LENGTH = 128
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot name a folder of the models directory, or None when it can."""
+    if len(name) > MAX_MODEL_NAME_LENGTH:
+        return f"longer than {MAX_MODEL_NAME_LENGTH} characters"
+    if not MODEL_NAME.fullmatch(name) or name in (".", ".."):
+        return "a model name is letters, digits, '.', '_' and '-', and not '.' or '..'"
+    return None
+
+
+def _model_name(name: str) -> str:
+    if (problem := name_problem(name)) is not None:
+        raise ValueError(problem)
+    return name
+
+
+ModelName = Annotated[str, AfterValidator(_model_name)]
+"""A model's folder name in the models directory: `[A-Za-z0-9._-]+`, bounded, not `.` or `..`."""
 
 
 class Settings(BaseSettings):
@@ -22,11 +44,14 @@ class Settings(BaseSettings):
     models_dir: Path = Path("models")
     """Directory holding bundles as `<name>/<version>/` (DESIGN.md, contract 1)."""
 
-    model_name: str | None = None
+    model_name: ModelName | None = None
     """Model to serve; by default the only one in `models_dir`, or the most recently published."""
 
     model_version: Annotated[int, Field(ge=1)] | None = None
     """Version to serve at start; by default the newest published version."""
+
+    load_retry_seconds: Annotated[float, Field(gt=0)] = 5.0
+    """Seconds between start-up attempts while no version of the model verifies."""
 
     host: str = "127.0.0.1"
     """Interface to listen on (`0.0.0.0` inside a container)."""

@@ -1,9 +1,11 @@
 """Hot reload on a real server: a new version is verified, warmed and swapped in while serving;
-a broken bundle is refused with its reason and the old model keeps serving."""
+a broken bundle or a name outside the models directory is refused with its reason, in an error body
+that carries no server path or digest, and the old model keeps serving."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import threading
 from collections.abc import Iterator
@@ -20,7 +22,17 @@ from tests.service.conftest import (
     serving_a_copy,
 )
 
+DIGEST = re.compile(r"\b[0-9a-fA-F]{64}\b")
+
 NAME = "synthetic-afm"
+
+
+def assert_no_server_secrets(body: object, models_dir: Path) -> None:
+    """An error body names models and versions, never a server path or a digest."""
+    text = json.dumps(body)
+    for path in {str(models_dir), str(models_dir.resolve())}:
+        assert path not in text
+    assert not DIGEST.search(text), text
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +61,14 @@ def broken_copy(models_dir: Path, version: int, damage: str) -> Path:
         (target / "bundle.json").unlink()
     elif damage == "io":
         manifest["io"]["outputs"]["score"]["shape"] = ["batch", 2]
+        (target / "bundle.json").write_text(json.dumps(manifest))
+    elif damage == "vocabulary":
+        field = next(f for f in manifest["fields"] if f["kind"] == "categorical")
+        first = next(iter(field["vocabulary"]))
+        field["vocabulary"][first] = manifest["num_features"] + 1000
+        (target / "bundle.json").write_text(json.dumps(manifest))
+    elif damage == "version":
+        manifest["version"] = version + 100
         (target / "bundle.json").write_text(json.dumps(manifest))
     return target
 
@@ -90,7 +110,13 @@ def test_reload_swaps_in_the_newest_version_while_requests_keep_succeeding(
 
 @pytest.mark.parametrize(
     ("damage", "reason"),
-    [("checksum", "checksum mismatch"), ("half-written", "bundle.json is missing"), ("io", "I/O")],
+    [
+        ("checksum", "checksum mismatch"),
+        ("half-written", "bundle.json is missing"),
+        ("io", "I/O"),
+        ("vocabulary", "vocabulary indices must be"),
+        ("version", "version mismatch"),
+    ],
 )
 def test_broken_bundle_is_refused_with_its_reason_and_the_old_one_keeps_serving(
     admin: AFMClient, reload_server: Server, damage: str, reason: str
@@ -105,18 +131,58 @@ def test_broken_bundle_is_refused_with_its_reason_and_the_old_one_keeps_serving(
         assert refused.value.code == "bundle_refused"
         assert refused.value.fields == ["bundle"]
         assert reason in refused.value.message
+        assert_no_server_secrets(refused.value.body, reload_server.models_dir)
         assert admin.ready()
         assert admin.rank(CONTEXT, [{"item": "1"}])["model"]["version"] == serving
     finally:
         shutil.rmtree(reload_server.models_dir / NAME / str(version))
 
 
-def test_reload_to_an_unknown_version_is_404_naming_the_version(admin: AFMClient) -> None:
+def test_reload_to_an_unknown_version_is_404_naming_the_version(
+    admin: AFMClient, reload_server: Server
+) -> None:
     with pytest.raises(AFMError) as unknown:
         admin.reload(version=77)
     assert unknown.value.status_code == 404
     assert unknown.value.fields == ["version"]
+    assert_no_server_secrets(unknown.value.body, reload_server.models_dir)
     assert admin.ready()
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["..", ".", "../models", "synthetic-afm/..", "/etc", "OUTSIDE", "n" * 300, "a b", ""],
+)
+def test_reload_names_that_leave_the_models_directory_are_refused_naming_the_name(
+    admin: AFMClient, reload_server: Server, tmp_path: Path, name: str
+) -> None:
+    serving = admin.model()["version"]
+    outside = tmp_path / "outside"
+    shutil.copytree(reload_server.models_dir / NAME, outside / NAME)
+    name = name.replace("OUTSIDE", str(outside / NAME))
+    with pytest.raises(AFMError) as refused:
+        admin.reload(name=name)
+    assert refused.value.status_code == 422
+    assert refused.value.fields == ["name"]
+    assert_no_server_secrets(refused.value.body, reload_server.models_dir)
+    assert admin.rank(CONTEXT, [{"item": "1"}])["model"] == {"name": NAME, "version": serving}
+
+
+def test_reload_refuses_a_model_folder_that_links_outside_the_models_directory(
+    admin: AFMClient, reload_server: Server, tmp_path: Path
+) -> None:
+    shutil.copytree(reload_server.models_dir / NAME, tmp_path / "elsewhere")
+    link = reload_server.models_dir / "linked"
+    link.symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    try:
+        with pytest.raises(AFMError) as refused:
+            admin.reload(name="linked")
+        assert refused.value.status_code == 422
+        assert refused.value.fields == ["name"]
+        assert_no_server_secrets(refused.value.body, reload_server.models_dir)
+        assert admin.model()["name"] == NAME
+    finally:
+        link.unlink()
 
 
 def test_reload_can_go_back_to_an_older_version(admin: AFMClient) -> None:

@@ -171,7 +171,9 @@ def test_readyz_is_503_until_a_bundle_is_loaded_then_reload_makes_it_ready(
 
     async def scenario() -> None:
         transport = httpx.ASGITransport(app=app)
-        async with AsyncAFMClient("http://test", api_key=API_KEY, transport=transport) as afm:
+        async with AsyncAFMClient(
+            "http://test", api_key=API_KEY, retries=0, transport=transport
+        ) as afm:
             assert await afm.health() == {"status": "ok"}
             assert await afm.ready() is False
             raw = await afm._http.get("/readyz")

@@ -87,7 +87,10 @@ class Bundle:
 
 
 def read(path: Path | str) -> Bundle:
-    """Read and verify a bundle folder; raises BundleError naming the first problem found."""
+    """Read and verify a bundle folder; raises BundleError naming the first problem found.
+
+    A folder named by a number (`<name>/<version>/`) must hold a manifest of that version.
+    """
     path = Path(path)
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
@@ -105,6 +108,12 @@ def read(path: Path | str) -> Bundle:
         manifest = Manifest.model_validate(data)
     except ValidationError as error:
         raise BundleError(path, f"{MANIFEST} is not valid: {problems(error)}") from None
+    if path.name.isdigit() and int(path.name) != manifest.version:
+        raise BundleError(
+            path,
+            f"version mismatch: the folder is version {int(path.name)},"
+            f" {MANIFEST} says version {manifest.version}",
+        )
     graph = path / GRAPH
     if not graph.is_file():
         raise BundleError(path, f"{GRAPH} is missing")
