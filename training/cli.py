@@ -6,6 +6,7 @@ The options are documented in docs/training.md; `--help` gives one line each.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
@@ -56,6 +57,19 @@ positive_float, non_negative_float, dropout_rate = (
 decay_factor = bounded(float, 0, 1, low_open=True, high_open=False)
 
 
+def split_fractions(text: str) -> tuple[float, float, float]:
+    """`0.8,0.1,0.1`: the train, validation and test shares, each above 0, summing to 1."""
+    try:
+        parts = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"three numbers like 0.8,0.1,0.1, not {text}") from None
+    if len(parts) != 3 or min(parts) <= 0 or abs(sum(parts) - 1) > 1e-6:
+        raise argparse.ArgumentTypeError(
+            f"three shares above 0 that sum to 1, like 0.8,0.1,0.1, not {text}"
+        )
+    return parts[0], parts[1], parts[2]
+
+
 def build_parser(quick: bool = False) -> argparse.ArgumentParser:
     """The parser of all three commands; `quick` makes QUICK the train defaults."""
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
@@ -77,7 +91,10 @@ def build_parser(quick: bool = False) -> argparse.ArgumentParser:
         "--bundle", type=Path, required=True, help="bundle folder, e.g. models/frappe-afm/1"
     )
     add_data_options(evaluate)
-    evaluate.add_argument("--split", choices=["train", "validation", "test"], default="test")
+    evaluate.add_argument(
+        "--split", choices=["train", "validation", "test", "all"],
+        help="rows to score (default: all of --data, else test)",
+    )  # fmt: skip
 
     reproduce = commands.add_parser(
         "reproduce",
@@ -116,7 +133,17 @@ def add_train_options(train: argparse.ArgumentParser) -> None:
     train.add_argument(
         "--out", type=Path, default=default.out, help="models directory to publish into"
     )
-    train.add_argument("--name", help="bundle name (default: <dataset>-<model>)")
+    train.add_argument(
+        "--name", help="bundle name (default: <dataset>-<model>, or <--data name>-<model>)"
+    )
+    train.add_argument(
+        "--split", dest="split_fractions", type=split_fractions,
+        help="--data: train,validation,test shares (default: 0.8,0.1,0.1)",
+    )  # fmt: skip
+    train.add_argument(
+        "--split-by", metavar="COLUMN",
+        help="--data: split by this column's order (e.g. time), the last rows tested",
+    )  # fmt: skip
     train.add_argument(
         "--embedding-dim", type=positive_int, default=default.embedding_dim, help="k, the embedding size"
     )  # fmt: skip
@@ -146,7 +173,10 @@ def add_train_options(train: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     train.add_argument("--optimizer", choices=["adam", "adagrad"], default=default.optimizer)
     train.add_argument("--lr", type=positive_float, default=default.lr, help="learning rate")
-    train.add_argument("--batch-size", type=positive_int, default=default.batch_size)
+    train.add_argument(
+        "--batch-size", type=positive_int,
+        help="rows per step (default: training rows / 20, from 16 to 1024)",
+    )  # fmt: skip
     train.add_argument(
         "--epochs", type=positive_int, default=default.epochs,
         help="most epochs; early stopping may end sooner",
@@ -192,9 +222,13 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
 
     default = DataOptions()
     parser.add_argument(
-        "--dataset", choices=DATASETS, default=default.dataset,
-        help="synthetic is generated; frappe, ml-100k: from --data-dir; files: --train etc.",
+        "--dataset", choices=DATASETS,
+        help="synthetic (the default) is generated; frappe, ml-100k: from --data-dir;"
+        " files: --data or --train etc. (--data alone selects it)",
     )  # fmt: skip
+    parser.add_argument(
+        "--data", type=Path, help="your own CSV or Parquet file, or a directory of them"
+    )
     parser.add_argument(
         "--task", choices=["ctr", "rating"], default=default.task,
         help="ctr: 0/1 labels, log loss; rating: squared loss, RMSE",
@@ -228,7 +262,14 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fields", help="files: the feature spec, e.g. user,item,age:numeric,city:categorical:5"
     )
-    parser.add_argument("--label", default=default.label, help="files: the label column")
+    parser.add_argument("--label", help="files: the label column (default: label)")
+    parser.add_argument(
+        "--positive-label", metavar="VALUE",
+        help="files, ctr: the label value that means a click (others: 0)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--delimiter", help="files: the CSV delimiter (default: detected among , ; tab |)"
+    )
     parser.add_argument("--train", type=Path, help="files: training CSV or Parquet")
     parser.add_argument("--validation", type=Path, help="files: validation CSV or Parquet")
     parser.add_argument("--test", type=Path, help="files: test CSV or Parquet")
@@ -242,7 +283,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def data_options(args: argparse.Namespace) -> DataOptions:
-    return DataOptions(**{f.name: getattr(args, f.name) for f in fields(DataOptions)})
+    """The data options of `train` or `evaluate`; `--data` alone selects --dataset files."""
+    if args.data is not None and args.dataset not in (None, "files"):
+        sys.exit(f"--data is your own data (--dataset files), not --dataset {args.dataset}")
+    default = DataOptions()
+    if args.data is None:
+        for option in ("split_fractions", "split_by"):
+            if getattr(args, option, None) is not None:
+                sys.exit(f"--{option.replace('_fractions', '').replace('_', '-')} splits --data")
+    values: dict[str, Any] = {f.name: getattr(args, f.name, None) for f in fields(DataOptions)}
+    values["dataset"] = args.dataset or ("files" if args.data is not None else default.dataset)
+    values["split_fractions"] = values["split_fractions"] or default.split_fractions
+    return DataOptions(**values)
 
 
 def train_options(args: argparse.Namespace) -> TrainOptions:

@@ -8,6 +8,7 @@ torch is imported where a model is trained, so `evaluate` runs without it.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -17,10 +18,15 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     from training.bundle import Bundle, Manifest
     from training.data import Splits
+    from training.data.splits import SplitPlan
     from training.model import AFM
     from training.recipes import Recipe
+    from training.trainer import History
 
-Split = Literal["train", "validation", "test"]
+Split = Literal["train", "validation", "test", "all"]
+# the batch size when --batch-size is not given: at least MIN_STEPS steps per epoch where the
+# training rows allow, never more than MAX_BATCH rows, never fewer than MIN_BATCH
+MIN_STEPS, MIN_BATCH, MAX_BATCH = 20, 16, 1024
 
 
 @dataclass(frozen=True)
@@ -35,9 +41,14 @@ class DataOptions:
     drop_used_negatives: bool = False  # frappe only
     paper_negatives: bool = False  # frappe only
     max_rows: int | None = None  # at most this many rows of each split
-    seed: int = 0  # the split (synthetic, ml-100k), the initialisation and the shuffling
+    seed: int = 0  # the split (synthetic, ml-100k, --data), the initialisation and the shuffling
     fields: str | None = None  # files: the feature spec, e.g. "user,item,age:numeric"
-    label: str = "label"  # files: the label column
+    label: str | None = None  # files: the label column (None: "label", or the bundle's)
+    data: Path | None = None  # files: one CSV or Parquet file or directory, split here
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)  # --data: train, valid, test
+    split_by: str | None = None  # --data: order rows by this column, the last ones tested
+    delimiter: str | None = None  # files: the CSV delimiter (None: detected)
+    positive_label: str | None = None  # files, ctr: the label value that means a click
     train: Path | None = None  # files: the three splits
     validation: Path | None = None
     test: Path | None = None
@@ -60,7 +71,7 @@ class TrainOptions:
     batch_norm: bool = False  # FM only; folded into v, p and w0 after training
     optimizer: Literal["adam", "adagrad"] = "adam"
     lr: float = 1e-3
-    batch_size: int = 1024
+    batch_size: int | None = None  # None: auto_batch_size of the training rows
     epochs: int = 20
     patience: int = 3
     lr_decay: float = 1.0  # 1: a constant rate
@@ -72,21 +83,53 @@ class TrainOptions:
     fm_start: Literal["exact", "authors"] = "exact"
 
 
-def load_splits(data: DataOptions) -> Splits:
-    """The data set's splits, or a message for the user (not a traceback)."""
+def split_plan(data: DataOptions) -> SplitPlan:
+    """How `--data` is split: by a column's order (`split_by`), else at random by `seed`."""
+    from training.data.splits import SplitPlan
+
+    if data.split_by is not None:
+        return SplitPlan("by_column", data.split_fractions, column=data.split_by)
+    return SplitPlan("random", data.split_fractions, seed=data.seed)
+
+
+def load_splits(data: DataOptions, plan: SplitPlan | None = None) -> Splits:
+    """The data set's splits, or a message for the user (not a traceback). `plan` splits `--data`
+    (default: `split_plan(data)`)."""
     from training import data as datasets
-    from training.bundle.features import FeatureSpec
-    from training.data import files
+    from training.data import checks, files
 
     for option in ("drop_used_negatives", "paper_negatives"):
         if getattr(data, option) and data.dataset != "frappe":
             sys.exit(f"--{option.replace('_', '-')} is for --dataset frappe")
+    if data.dataset != "files":
+        for option in ("data", "delimiter", "positive_label", "split_by"):
+            if getattr(data, option) is not None:
+                sys.exit(f"--{option.replace('_', '-')} is for your own data (--data)")
     try:
         if data.dataset == "files":
-            if not (data.fields and data.train and data.validation and data.test):
-                sys.exit("--dataset files needs --fields, --train, --validation and --test")
-            spec = FeatureSpec.parse(data.fields, data.label)
-            return files.load(data.task, spec, data.train, data.validation, data.test)
+            pre_split = data.train or data.validation or data.test
+            if data.data is not None and pre_split:
+                sys.exit(
+                    "--data is split for you; --train, --validation and --test are files split"
+                    " already: pass one or the other"
+                )
+            if not data.fields:
+                sys.exit("your own data needs --fields, e.g. --fields user,item,price:numeric")
+            spec = checks.parse_fields(data.fields, data.label or "label")
+            if data.data is not None:
+                return files.load_source(
+                    data.task, spec, data.data, plan or split_plan(data), data.delimiter,
+                    data.positive_label, data.max_rows,
+                )  # fmt: skip
+            if not (data.train and data.validation and data.test):
+                sys.exit(
+                    "--dataset files needs --fields and --data (one file or directory, split for"
+                    " you) or --train, --validation and --test"
+                )
+            return files.load(
+                data.task, spec, data.train, data.validation, data.test, data.delimiter,
+                data.positive_label,
+            )  # fmt: skip
         return datasets.load(
             data.dataset,
             data.task,
@@ -100,6 +143,39 @@ def load_splits(data: DataOptions) -> Splits:
         )
     except (FileNotFoundError, ValueError) as problem:
         sys.exit(str(problem))
+
+
+def auto_batch_size(train_rows: int) -> int:
+    """Rows per step when --batch-size is not given: about MIN_STEPS steps per epoch on small
+    data (1,400 rows at 1024 would be 2 steps an epoch), at most MAX_BATCH on large data."""
+    return max(MIN_BATCH, min(MAX_BATCH, train_rows // MIN_STEPS))
+
+
+def summary(
+    history: History, epochs: int, patience: int, metric: str, test: dict[str, float],
+    path: Path, started_from: bool,
+) -> str:  # fmt: skip
+    """What a finished run tells the user: the best epoch, why it stopped, the test metrics and
+    where the bundle is."""
+    ran, best = len(history.epochs), history.best_epoch
+    valid = history.best.get(metric, float("nan"))
+    if best == 0 and started_from:
+        chosen = (
+            f"no epoch beat the start (--init-from, valid {metric} {valid:.4f}): it is published"
+        )
+    else:
+        chosen = f"best epoch {best} of {ran} (valid {metric} {valid:.4f})"
+    if ran < epochs:
+        why = f"stopped early: no better valid {metric} for {patience} epochs (--patience)"
+    elif ran and best == ran:
+        why = (
+            f"stopped at the epoch cap (--epochs {epochs}) while valid {metric} was still"
+            " improving: more --epochs or a higher --lr may do better"
+        )
+    else:
+        why = f"ran all {epochs} epochs (--epochs); valid {metric} last improved at epoch {best}"
+    scores = "  ".join(f"{k} {v:.4f}" for k, v in test.items())
+    return f"summary: {chosen}\n  {why}\n  test: {scores}\n  bundle: {path}"
 
 
 def read_bundle(path: Path, option: str) -> Bundle:
@@ -211,7 +287,16 @@ def train(options: TrainOptions) -> Path:
     train_data, valid_data, test_data = (
         tensors(t) for t in (splits.train, splits.validation, splits.test)
     )
-    name = options.name or f"{splits.name}-{options.model}"
+    source = Path(data.data).stem if data.data is not None else splits.name
+    name = options.name or f"{source}-{options.model}"
+    batch_size = options.batch_size or auto_batch_size(len(train_data))
+    if options.batch_size is None:
+        steps = math.ceil(len(train_data) / batch_size)
+        print(
+            f"batch size {batch_size}: {steps} steps per epoch over {len(train_data):,} training"
+            " rows (--batch-size sets it)",
+            flush=True,
+        )
     if options.batch_norm and options.model != "fm":
         sys.exit("--batch-norm is for --model fm (AFM has none)")
     model = AFM(
@@ -241,7 +326,7 @@ def train(options: TrainOptions) -> Path:
         if options.freeze_embeddings:
             model.freeze_fm_parameters()
     cfg = TrainConfig(
-        task=data.task, epochs=options.epochs, batch_size=options.batch_size, lr=options.lr,
+        task=data.task, epochs=options.epochs, batch_size=batch_size, lr=options.lr,
         optimizer=options.optimizer, l2_attention=options.l2_attention,
         attention_lr=options.attention_lr, weight_decay=options.weight_decay,
         patience=options.patience, lr_decay=options.lr_decay,
@@ -274,6 +359,8 @@ def train(options: TrainOptions) -> Path:
         "data": {
             "dataset": splits.name, "fingerprint": splits.fingerprint,
             "rows": {"train": len(train_data), "validation": len(valid_data), "test": len(test_data)},
+            "split": splits.split.to_dict() if splits.split else None,
+            "label": splits.spec.label, "positive_label": splits.positive_label,
         },
         "history": history.epochs,
         "best_epoch": history.best_epoch,
@@ -292,28 +379,99 @@ def train(options: TrainOptions) -> Path:
         write_plots,
     )
     print(f"published {path}", flush=True)
+    print(
+        summary(history, cfg.epochs, cfg.patience, metric, test_metrics, path, init is not None),
+        flush=True,
+    )
     print(f"done in {time.perf_counter() - started:.0f}s", flush=True)
     return path
 
 
-def evaluate(bundle_path: Path, data: DataOptions, split: Split = "test") -> dict[str, float]:
-    """Metrics from the ONNX graph through onnxruntime: a bundle judged without torch."""
+def bundle_data(manifest: Manifest, data: DataOptions) -> DataOptions:
+    """Own data read as the bundle was trained: its fields, label and positive label, and for
+    `--data` its split, unless the options name them."""
+    info = manifest.data
+    fields = ",".join(f"{f.name}:{f.kind}" for f in manifest.fields)
+    data = replace(
+        data,
+        task=manifest.task,
+        fields=data.fields or fields,
+        label=data.label or (info.label if info else None),
+        positive_label=data.positive_label or (info.positive_label if info else None),
+    )
+    if info is not None and info.split is not None and info.split.method != "files":
+        split = info.split
+        data = replace(
+            data,
+            split_fractions=split.fractions or data.split_fractions,
+            split_by=split.column,
+            seed=split.seed if split.seed is not None else data.seed,
+        )
+    return data
+
+
+def evaluate(bundle_path: Path, data: DataOptions, split: Split | None = None) -> dict[str, float]:
+    """Metrics from the ONNX graph through onnxruntime: a bundle judged without torch.
+
+    `split` None scores every row of `--data`, and the test split of a named data set."""
     from training import metrics
+    from training.data import files
+    from training.data.splits import SplitPlan
 
     loaded = read_bundle(bundle_path, "--bundle")
-    splits = load_splits(replace(data, task=loaded.manifest.task))
-    require_same_fields(loaded.encoder.names, splits.spec.names, "--bundle")
-    if not trained_on(loaded.manifest, splits):  # legitimate (new data), but say so
-        print(
-            f"note: {bundle_path} was trained on other data than this {splits.name} split;"
-            " rows it trained on may be among these",
-            file=sys.stderr,
-        )
-    table = getattr(splits, split)
+    data = replace(data, task=loaded.manifest.task)
+    if data.dataset == "files":
+        data = bundle_data(loaded.manifest, data)
+    split = split or ("all" if data.data is not None else "test")
+    info = loaded.manifest.data
+    if data.data is not None and split == "all":
+        from training.data import checks
+
+        try:
+            spec = checks.parse_fields(data.fields or "", data.label or "label")
+            table, _, paths = files.read_source(
+                data.task, spec, data.data, data.delimiter, data.positive_label
+            )
+        except ValueError as problem:
+            sys.exit(str(problem))
+        require_same_fields(loaded.encoder.names, spec.names, "--bundle")
+        plan = SplitPlan(**info.split.model_dump()) if info and info.split else None
+        if plan is not None and plan.method != "files":
+            same = files.source_fingerprint(paths, plan, data.positive_label)
+            if info is not None and info.fingerprint == same:
+                print(
+                    f"note: {data.data} is the data {bundle_path} was trained on: its training"
+                    " rows are among these (--split test scores its test rows alone)",
+                    file=sys.stderr,
+                )
+        name = str(data.data)
+    else:
+        if data.data is not None and (
+            info is None or info.split is None or info.split.method == "files"
+        ):
+            sys.exit(
+                f"--split {split}: {bundle_path} was not trained on data split for it;"
+                " --split all scores every row of --data"
+            )  # fmt: skip
+        splits = load_splits(data)
+        require_same_fields(loaded.encoder.names, splits.spec.names, "--bundle")
+        if not trained_on(loaded.manifest, splits):  # legitimate (new data), but say so
+            print(
+                f"note: {bundle_path} was trained on other data than this {splits.name} split;"
+                " rows it trained on may be among these",
+                file=sys.stderr,
+            )
+        parts = [splits.train, splits.validation, splits.test]
+        table = files.concat(parts) if split == "all" else getattr(splits, split)
+        name = splits.name
     scores = loaded.score(table.columns)
     low, high = loaded.manifest.label_range
     result = metrics.compute(loaded.task, table.label, scores, (low, high))
-    print(json.dumps({"bundle": str(bundle_path), "split": split, "rows": len(table), **result}))
+    print(
+        json.dumps(
+            {"bundle": str(bundle_path), "data": name, "split": split, "rows": len(table), **result}
+        )
+    )
     return result
 
 

@@ -128,12 +128,31 @@ class SplitRows(_Model):
     test: NonNegativeInt
 
 
+class SplitInfo(_Model):
+    """How the rows were split into training, validation and test."""
+
+    method: Literal["random", "by_column", "files"] = Field(
+        description="random: seeded shuffle; by_column: ordered by `column`, the last rows"
+        " tested; files: the data came split"
+    )
+    fractions: tuple[float, float, float] | None = Field(
+        default=None, description="train, validation, test shares (random, by_column)"
+    )
+    column: str | None = Field(default=None, description="by_column: the column that orders rows")
+    seed: NonNegativeInt | None = Field(default=None, description="random: the shuffle's seed")
+
+
 class DataInfo(_Model):
     """The data that trained the model."""
 
     dataset: str
     fingerprint: str = Field(description="sha256 of the training data and how it was split")
     rows: SplitRows
+    split: SplitInfo | None = None
+    label: str | None = Field(default=None, description="the label column of the data")
+    positive_label: str | None = Field(
+        default=None, description="ctr: the label value read as a click (1), when not 0/1"
+    )
 
 
 class PairAttention(_Model):

@@ -12,7 +12,14 @@ import pyarrow.csv as pacsv
 
 from training.bundle.features import FeatureSpec, FieldSpec
 from training.data.download import Digest, fetch
-from training.data.splits import Splits, Task, derived, fingerprint_files, task_labels
+from training.data.splits import (
+    SplitPlan,
+    Splits,
+    Task,
+    derived,
+    fingerprint_files,
+    task_labels,
+)
 from training.readers import Table, read_libfm, read_table
 
 FIELDS = [
@@ -100,7 +107,8 @@ def load(
     if paper_negatives:
         train = sample_paper_negatives(train, validation, test, read_log(log_path))
         fingerprint = derived(fingerprint, "paper-negatives")
-    return Splits("frappe", task, spec, train, validation, test, (-1.0, 1.0), fingerprint)
+    plan = SplitPlan("files")
+    return Splits("frappe", task, spec, train, validation, test, (-1.0, 1.0), fingerprint, plan)
 
 
 def row_keys(columns: dict[str, np.ndarray], names: Iterable[str]) -> np.ndarray:

@@ -11,7 +11,14 @@ import pyarrow.csv as pacsv
 
 from training.bundle.features import FeatureSpec, FieldSpec
 from training.data.download import fetch_from_wheel
-from training.data.splits import Splits, Task, derived, fingerprint_files, split_rows
+from training.data.splits import (
+    SplitPlan,
+    Splits,
+    Task,
+    derived,
+    fingerprint_files,
+    split_rows,
+)
 from training.readers import from_arrow
 
 SOURCE = "https://files.pythonhosted.org/packages/py3/r/recbole/recbole-1.2.1-py3-none-any.whl"
@@ -71,7 +78,8 @@ def load(task: Task, directory: Path, seed: int = 0, download: bool = False) -> 
     table.label = (rating >= 4).astype(np.float32) if task == "ctr" else rating
     train, validation, test = split_rows(table, seed, (0.8, 0.1))
     fingerprint = derived(fingerprint_files(paths), f"split-seed={seed}")  # the rows trained on
-    return Splits("ml-100k", task, spec, train, validation, test, (1.0, 5.0), fingerprint)
+    plan = SplitPlan("random", (0.8, 0.1, 0.1), seed=seed)
+    return Splits("ml-100k", task, spec, train, validation, test, (1.0, 5.0), fingerprint, plan)
 
 
 def _read_atomic(path: Path) -> pa.Table:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -16,6 +16,22 @@ from training.bundle.features import FeatureSpec
 from training.readers import Table
 
 Task = Literal["ctr", "rating"]
+SplitMethod = Literal["random", "by_column", "files"]
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """How rows become training, validation and test: a seeded shuffle cut by `fractions`, the
+    rows ordered by `column` with the last ones tested, or files that came split."""
+
+    method: SplitMethod
+    fractions: tuple[float, float, float] | None = None
+    column: str | None = None
+    seed: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan as the bundle's `data.split` records it (unset keys left out)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 @dataclass
@@ -32,6 +48,8 @@ class Splits:
     test: Table
     label_range: tuple[float, float]
     fingerprint: str
+    split: SplitPlan | None = None
+    positive_label: str | None = None  # ctr: the label value read as 1, where the data names one
 
 
 def derived(fingerprint: str, step: str) -> str:

@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 
 from training.bundle.features import FeatureSpec, FieldSpec
-from training.data.splits import Splits, Task, split_rows, task_labels
+from training.data.splits import SplitPlan, Splits, Task, split_rows, task_labels
 from training.readers import Table
 
 CARDINALITY = {
@@ -72,4 +72,5 @@ def load(task: Task = "ctr", rows: int = 60_000, seed: int = 0) -> Splits:
     table = Table(columns, task_labels(clicked, task, binary=True))
     train, validation, test = split_rows(table, seed, (0.8, 0.1))
     fingerprint = hashlib.sha256(f"synthetic:{rows}:{seed}".encode()).hexdigest()
-    return Splits("synthetic", task, spec, train, validation, test, (-1.0, 1.0), fingerprint)
+    plan = SplitPlan("random", (0.8, 0.1, 0.1), seed=seed)
+    return Splits("synthetic", task, spec, train, validation, test, (-1.0, 1.0), fingerprint, plan)
