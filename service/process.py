@@ -63,8 +63,10 @@ def start(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     timeout: float = 60.0,
+    wait_for: str = "/readyz",
 ) -> ServerProcess:
-    """Start `command` (a server listening on `port`) and return once `/readyz` answers 200.
+    """Start `command` (a server listening on `port`) and return once `wait_for` (`/readyz`, or
+    `/healthz` for a server not expected ready yet) answers 200.
 
     RuntimeError, with the log, when the process exits first or is not ready within `timeout`
     seconds; it is stopped then.
@@ -79,7 +81,7 @@ def start(
         if process.poll() is not None:
             raise RuntimeError(f"the server exited ({process.returncode}), {log}:\n{_tail(log)}")
         try:
-            if httpx.get(f"{server.url}/readyz", timeout=1.0).status_code == 200:
+            if httpx.get(f"{server.url}{wait_for}", timeout=1.0).status_code == 200:
                 return server
         except httpx.TransportError:
             pass

@@ -103,14 +103,18 @@ def publish_copy(models_dir: Path, name: str, version: int) -> Path:
     return target
 
 
-def start_server(models_dir: Path, workdir: Path, **env: str) -> Server:
+def start_server(
+    models_dir: Path, workdir: Path, *options: str, wait_for: str = "/readyz", **env: str
+) -> Server:
+    """`python -m service` on `models_dir`, returned once `wait_for` answers 200."""
     port = free_port()
     running = start(
-        service_command(port, "--models-dir", str(models_dir)),
+        service_command(port, "--models-dir", str(models_dir), *options),
         port,
         workdir / f"server-{port}.log",
         env=blocked_torch_env(workdir / "shim", **{**SERVER_ENV, **env}),
         cwd=ROOT,
+        wait_for=wait_for,
     )
     return Server(running, models_dir)
 

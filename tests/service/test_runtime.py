@@ -19,12 +19,13 @@ import pytest
 from service.__main__ import main as service_main
 from service.api import create_app
 from service.client import AFMError, AsyncAFMClient
-from service.errors import NotReady, ValidationFailed, field_path
+from service.errors import BundleRefused, NotReady, ValidationFailed, field_path
 from service.logging_config import JSONFormatter, request_id
 from service.runtime import ModelRuntime, ServedModel
 from service.settings import Settings
 from tests.service.conftest import API_KEY, CONTEXT, candidate_items
 from training import bundle as bundles
+from training.bundle.features import CategoricalField
 
 
 @pytest.fixture(scope="module")
@@ -260,3 +261,39 @@ def test_model_card_is_built_from_the_manifest(model: ServedModel, tiny_bundle: 
     assert card["created"] == manifest.created
     assert card["pairs"] == len(manifest.pairs)
     assert [f["name"] for f in card["fields"]] == [f.name for f in manifest.fields]
+
+
+def test_warm_up_scores_every_vocabulary_value_of_every_field(
+    model: ServedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fed: list[np.ndarray] = []
+    session = model.session
+
+    class Recording:
+        def run(self, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+            fed.append(feeds["feature_index"])
+            return list(session.run(outputs, feeds))
+
+    monkeypatch.setattr(model, "session", Recording())
+    model.warm_up([1, 8, 300])
+    scored = set(np.concatenate([index.reshape(-1) for index in fed]).tolist())
+    for field in model.encoder.fields:
+        if isinstance(field, CategoricalField):
+            assert {field.offset, *field.vocabulary.values()} <= scored, field.name
+    assert {index.shape[0] for index in fed} == {1, 8, 300}
+
+
+def test_served_version_is_the_folders_and_a_mismatch_with_the_manifest_is_refused(
+    tiny_bundle: Path, tmp_path: Path
+) -> None:
+    target = tmp_path / "synthetic-afm" / "3"
+    shutil.copytree(tiny_bundle, target)
+    runtime = ModelRuntime(Settings(models_dir=tmp_path))
+    with pytest.raises(BundleRefused) as refused:
+        runtime.load()
+    assert "version mismatch: the folder is version 3, bundle.json says version 1" in str(
+        refused.value.message
+    )
+    manifest = json.loads((target / "bundle.json").read_text())
+    (target / "bundle.json").write_text(json.dumps({**manifest, "version": 3}))
+    assert runtime.load().version == 3
