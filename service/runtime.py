@@ -16,6 +16,7 @@ exactly once, so encoding never refuses one.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
@@ -366,7 +367,7 @@ class ModelRuntime:
         """
         with self._lock:
             path = self._resolve(name, version)
-            where = self._public(str(path))
+            where = f"{path.parent.name}/{path.name}"
             try:
                 bundle = bundles.read(path)
                 session = bundle.session(bundles.session_options(self.settings.intra_op_threads))
@@ -480,10 +481,11 @@ class ModelRuntime:
         return path
 
     def _public(self, text: str) -> str:
-        """`text` without server paths (bundle folders as `<name>/<version>`) or digests."""
-        for root in {str(self.settings.models_dir.resolve()), str(self.settings.models_dir)}:
-            if root not in (".", ""):
-                text = text.replace(root + "/", "").replace(root, "<models>")
+        """`text` without the models directory's absolute path (bundle folders read as
+        `<name>/<version>`) or digests."""
+        given = self.settings.models_dir
+        for root in {str(given.resolve()), str(given.absolute())}:
+            text = text.replace(root + os.sep, "").replace(root, "<models>")
         return DIGEST.sub("<sha256>", text)
 
     def _refused(self, reason: str, logged: str) -> None:
