@@ -70,11 +70,20 @@ def split_fractions(text: str) -> tuple[float, float, float]:
     return parts[0], parts[1], parts[2]
 
 
+class Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default after its help, except a None default (its help says what it is)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser(quick: bool = False) -> argparse.ArgumentParser:
     """The parser of all three commands; `quick` makes QUICK the train defaults."""
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    formatter = argparse.ArgumentDefaultsHelpFormatter
+    formatter = Formatter
     train = commands.add_parser(
         "train", help="train AFM or FM and publish a bundle", formatter_class=formatter
     )
@@ -137,7 +146,7 @@ def add_train_options(train: argparse.ArgumentParser) -> None:
         "--name", help="bundle name (default: <dataset>-<model>, or <--data name>-<model>)"
     )
     train.add_argument(
-        "--split", dest="split_fractions", type=split_fractions,
+        "--split", dest="split_fractions", type=split_fractions, metavar="FRACTIONS",
         help="--data: train,validation,test shares (default: 0.8,0.1,0.1)",
     )  # fmt: skip
     train.add_argument(
@@ -227,7 +236,10 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
         " files: --data or --train etc. (--data alone selects it)",
     )  # fmt: skip
     parser.add_argument(
-        "--data", type=Path, help="your own CSV or Parquet file, or a directory of them"
+        "--data",
+        type=Path,
+        metavar="PATH",
+        help="your own CSV or Parquet file, or a directory of them",
     )
     parser.add_argument(
         "--task", choices=["ctr", "rating"], default=default.task,
@@ -268,7 +280,9 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
         help="files, ctr: the label value that means a click (others: 0)",
     )  # fmt: skip
     parser.add_argument(
-        "--delimiter", help="files: the CSV delimiter (default: detected among , ; tab |)"
+        "--delimiter",
+        metavar="CHAR",
+        help="files: the CSV delimiter (default: detected among , ; tab |)",
     )
     parser.add_argument("--train", type=Path, help="files: training CSV or Parquet")
     parser.add_argument("--validation", type=Path, help="files: validation CSV or Parquet")

@@ -463,7 +463,7 @@ def evaluate(bundle_path: Path, data: DataOptions, split: Split | None = None) -
             )
         parts = [splits.train, splits.validation, splits.test]
         table = files.concat(parts) if split == "all" else getattr(splits, split)
-        name = splits.name
+        name = str(data.data) if data.data is not None else splits.name
     scores = loaded.score(table.columns)
     low, high = loaded.manifest.label_range
     result = metrics.compute(loaded.task, table.label, scores, (low, high))

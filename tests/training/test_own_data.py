@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -188,3 +190,16 @@ def test_evaluate_reads_fields_label_and_split_from_the_bundle(tmp_path, capsys)
     main(["evaluate", "--bundle", str(published.path), "--data", str(fresh)])
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["rows"] == 100 and printed["split"] == "all"
+
+
+def test_evaluate_on_own_data_runs_without_torch(tmp_path):
+    data = write_csv(tmp_path / "clicks.csv", yes_no())
+    published = train(tmp_path, "--data", str(data), "--positive-label", "yes")
+    check = (
+        "import sys; from training.cli import main;"
+        f" main(['evaluate', '--bundle', {str(published.path)!r}, '--data', {str(data)!r}]);"
+        " assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1])["data"] == str(data)
