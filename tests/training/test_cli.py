@@ -301,8 +301,26 @@ def test_help_lists_every_option(capsys):
         "--device",
         "--quick",
         "--seed",
+        "--data",
+        "--split",
+        "--split-by",
+        "--positive-label",
+        "--delimiter",
     ):
         assert option in text
+    assert "(default: None)" not in text  # an option without a default says what it takes
+
+
+def test_data_alone_selects_your_own_data_and_split_defaults_apply():
+    options = train_options(parse_args(["train", "--data", "clicks.csv", "--fields", "user"]))
+    assert options.data.dataset == "files" and options.data.data is not None
+    assert options.data.split_fractions == (0.8, 0.1, 0.1) and options.data.split_by is None
+    assert options.batch_size is None  # chosen from the training rows
+    named = train_options(parse_args(["train", "--data", "d", "--split", "0.7,0.2,0.1",
+                                      "--split-by", "ts", "--batch-size", "256"]))  # fmt: skip
+    assert named.data.split_fractions == (0.7, 0.2, 0.1) and named.data.split_by == "ts"
+    assert named.batch_size == 256
+    assert train_options(parse_args(["train"])).data.dataset == "synthetic"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")

@@ -290,3 +290,14 @@ def test_the_frappe_files_at_hand_pass_the_download_checks():
     for name, expected in frappe.FILES.items():
         digest = frappe.DIGESTS.get(name, download.sha256)
         assert digest((FRAPPE / name).read_bytes()) == expected, name
+
+
+def test_each_data_set_says_how_it_was_split():
+    from training.data.splits import SplitPlan
+
+    assert synthetic.load(rows=1000, seed=4).split == SplitPlan("random", (0.8, 0.1, 0.1), seed=4)
+    assert SplitPlan("by_column", (0.8, 0.1, 0.1), column="ts").to_dict() == {
+        "method": "by_column",
+        "fractions": (0.8, 0.1, 0.1),
+        "column": "ts",
+    }
