@@ -44,7 +44,7 @@ from service.schemas import (
 from service.settings import Settings
 
 log = logging.getLogger("service.api")
-STOP_LOADER_SECONDS = 30.0
+STOP_LOADER_SECONDS = 10.0
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
@@ -244,6 +244,7 @@ def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = 
     app.state.settings = settings
     app.state.runtime = runtime
     app.state.metrics = metrics
+    metrics.watch_caches(runtime.memo_stats)
     app.include_router(router)
     install_handlers(app)
     app.add_middleware(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -13,6 +13,10 @@ from prometheus_client import (
     Info,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from service.memo import MemoStats
 
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -53,6 +57,7 @@ class ServiceMetrics:
             "afm_model_reloads", "Bundle loads by result (loaded, refused).", ["result"], registry=r
         )
         self.ready = Gauge("afm_ready", "1 once a model is loaded and warmed.", registry=r)
+        self._caches: _CacheCollector | None = None
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()
@@ -71,5 +76,32 @@ class ServiceMetrics:
         self.model.info({"name": name, "version": str(version), "task": task})
         self.ready.set(1)
 
+    def watch_caches(self, stats: Callable[[], Mapping[str, MemoStats]]) -> None:
+        """Expose the runtime's caches (`stats()` read at each scrape); once per registry."""
+        if self._caches is None:
+            self._caches = _CacheCollector(stats)
+            self.registry.register(self._caches)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _CacheCollector(Collector):
+    """Cache lookups by result, entries and bytes, read from the runtime when scraped."""
+
+    def __init__(self, stats: Callable[[], Mapping[str, MemoStats]]) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        lookups = CounterMetricFamily(
+            "afm_cache_lookups", "Cache lookups by cache and result (hit, miss).",
+            labels=["cache", "result"],
+        )  # fmt: skip
+        entries = GaugeMetricFamily("afm_cache_entries", "Entries held.", labels=["cache"])
+        size = GaugeMetricFamily("afm_cache_bytes", "Bytes held, as counted.", labels=["cache"])
+        for cache, stats in sorted(self.stats().items()):
+            lookups.add_metric([cache, "hit"], stats.hits)
+            lookups.add_metric([cache, "miss"], stats.misses)
+            entries.add_metric([cache], stats.entries)
+            size.add_metric([cache], stats.bytes)
+        yield from (lookups, entries, size)

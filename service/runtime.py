@@ -1,12 +1,12 @@
 """The onnxruntime runtime: load and verify a bundle, encode requests, predict and explain.
 
 `ServedModel` is one loaded, warmed bundle and everything derived from it (request schemas,
-sub-encoders, model card). Its bundle, session, schemas and card stay as loaded; two memo caches
-fill as requests arrive: the encoder split per set of context fields (`_splits`, emptied once it
-holds SPLIT_CACHE_SIZE entries) and the encoded context values of each field (`_values`, emptied
-per field at VALUE_CACHE_SIZE entries). Concurrent requests, worker threads included, share them;
-an entry holds only what the bundle's encoder computes again on a miss, so a lost or cleared one
-changes no answer. `ModelRuntime` holds the current model and swaps in a new one atomically on
+sub-encoders, model card). Its bundle, session, schemas and card stay as loaded; two bounded memos
+(`service.memo`) fill as requests arrive: the encoder split per set of context fields (`_splits`,
+at most `split_cache_entries`) and the encoded context values of every field (`_values`, at most
+`value_cache_entries` and `value_cache_bytes` together). Concurrent requests, worker threads
+included, share them; an entry holds only what the bundle's encoder computes again on a miss, so a
+lost or evicted one changes no answer. `ModelRuntime` holds the current model and swaps in a new one atomically on
 reload, so a request keeps the model it started with.
 
 Requests reach the runtime already validated by `service.schemas`: every row gives every field
@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -29,6 +30,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.errors import BundleRefused, NotFound, NotReady, ServiceError, ValidationFailed
+from service.memo import Memo, MemoStats
 from service.metrics import ServiceMetrics
 from service.schemas import PredictRequest, RequestSchemas, build_request_schemas
 from service.settings import Settings, name_problem
@@ -41,8 +43,8 @@ log = logging.getLogger("service.runtime")
 SCORE = ["score"]
 EXPLAIN = ["score", "raw", "attention", "pair_contribution"]
 ALL = [*EXPLAIN, "linear_contribution"]
-SPLIT_CACHE_SIZE = 64
-VALUE_CACHE_SIZE = 1 << 16
+VALUE_ENTRY_BYTES = 256  # a memo entry beside its value: dict slot, key and result tuples
+SPLIT_ENTRY_BYTES = 1024  # a split holds positions and references to the bundle's fields
 DIGEST = re.compile(r"\b[0-9a-fA-F]{64}\b")
 
 
@@ -98,10 +100,14 @@ class ServedModel:
             max_value_length=settings.max_value_length,
             default_top_k=settings.default_top_k,
         )
-        self._splits: dict[frozenset[str], _Split] = {}
+        self._splits: Memo[_Split] = Memo(
+            settings.split_cache_entries, settings.split_cache_entries * SPLIT_ENTRY_BYTES
+        )
         self._single = {f.name: FeatureEncoder([f]) for f in self.encoder.fields}
         self._categorical = {f.name for f in self.encoder.fields if f.kind == "categorical"}
-        self._values: dict[str, dict[Any, tuple[int, float, int]]] = {n: {} for n in self.names}
+        self._values: Memo[tuple[int, float, int]] = Memo(
+            settings.value_cache_entries, settings.value_cache_bytes
+        )
         self._card = self._model_card()
 
     @property
@@ -238,8 +244,8 @@ class ServedModel:
 
     def _encode_value(self, name: str, raw: Any) -> tuple[int, float, int]:
         """One value through the bundle's encoder, memoised: contexts repeat across requests."""
-        cache = self._values[name]
-        hit = cache.get(raw)
+        key = (name, raw)
+        hit = self._values.get(key)
         if hit is None:
             encoded = self._single[name].encode({name: [raw]})
             hit = (
@@ -247,9 +253,7 @@ class ServedModel:
                 float(encoded.value[0, 0]),
                 encoded.unseen.get(name, 0),
             )
-            if len(cache) >= VALUE_CACHE_SIZE:
-                cache.clear()
-            cache[raw] = hit
+            self._values.put(key, hit, sys.getsizeof(raw) + VALUE_ENTRY_BYTES)
         return hit
 
     def _split(self, context_fields: frozenset[str]) -> _Split:
@@ -263,10 +267,12 @@ class ServedModel:
                 candidates=FeatureEncoder(each),
                 candidate_positions=[self.positions[f.name] for f in each],
             )
-            if len(self._splits) >= SPLIT_CACHE_SIZE:
-                self._splits.clear()
-            self._splits[context_fields] = split
+            self._splits.put(context_fields, split, SPLIT_ENTRY_BYTES)
         return split
+
+    def memo_stats(self) -> dict[str, MemoStats]:
+        """Lookups, entries and bytes of the memos, for `/metrics`."""
+        return {"values": self._values.stats(), "splits": self._splits.stats()}
 
     def _explanations(
         self, batch: Batch, out: Mapping[str, np.ndarray], top_k: int
@@ -340,6 +346,7 @@ class ModelRuntime:
         self.metrics = metrics
         self.load_error: str | None = "not loaded yet"
         self._current: ServedModel | None = None
+        self._retired: dict[str, MemoStats] = {}
         self._lock = threading.Lock()
 
     @property
@@ -353,6 +360,12 @@ class ModelRuntime:
         if current is None:
             raise NotReady(f"no model is being served: {self.load_error}")
         return current
+
+    def memo_stats(self) -> dict[str, MemoStats]:
+        """The served model's memos, their hits and misses counted since start (over reloads)."""
+        current = self._current.memo_stats() if self._current is not None else {}
+        names = {*current, *self._retired}
+        return {m: current.get(m, MemoStats()) + self._retired.get(m, MemoStats()) for m in names}
 
     def warm_up_sizes(self) -> list[int]:
         limit = self.settings.max_candidates
@@ -381,6 +394,10 @@ class ModelRuntime:
                 reason = self._public(f"{where}: {error}")
                 self._refused(reason, f"{path}: {error}")
                 raise BundleRefused(f"bundle refused: {reason}") from None
+            if self._current is not None:
+                for memo, stats in self._current.memo_stats().items():
+                    old = self._retired.get(memo, MemoStats())
+                    self._retired[memo] = old + MemoStats(stats.hits, stats.misses)
             self._current = served
             self.load_error = None
         if self.metrics is not None:

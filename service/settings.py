@@ -77,6 +77,15 @@ class Settings(BaseSettings):
     threadpool_min_rows: Annotated[int, Field(ge=0)] = 64
     """Requests of at least this many rows run onnxruntime in a worker thread, off the loop."""
 
+    value_cache_entries: Annotated[int, Field(ge=0)] = 1 << 16
+    """Most context values kept encoded across requests, all fields together (0: none)."""
+
+    value_cache_bytes: Annotated[int, Field(ge=0)] = 32 << 20
+    """Most bytes those values may take, counted as each value's size plus 256 for its entry."""
+
+    split_cache_entries: Annotated[int, Field(ge=0)] = 64
+    """Most ways of splitting the fields between context and candidates kept across requests."""
+
     api_keys: Annotated[list[SecretStr], NoDecode] = []
     """Keys accepted in the `X-API-Key` header of admin routes, comma-separated; none: disabled."""
 
