@@ -52,6 +52,8 @@ def field_pairs(num_fields: int) -> tuple[list[int], list[int]]:
 class AFM(nn.Module):
     pair_i: torch.Tensor  # (P,) first field of each pair
     pair_j: torch.Tensor  # (P,) second field
+    pair_flat: torch.Tensor  # (P,) i F + j
+    pair_scatter: torch.Tensor  # (P, F F) one-hot rows
     projection: torch.Tensor  # p: learnt for AFM, fixed ones for FM
 
     def __init__(self, config: AFMConfig) -> None:
@@ -60,6 +62,11 @@ class AFM(nn.Module):
         rows, cols = field_pairs(config.num_fields)
         self.register_buffer("pair_i", torch.tensor(rows, dtype=torch.long), persistent=False)
         self.register_buffer("pair_j", torch.tensor(cols, dtype=torch.long), persistent=False)
+        flat = self.pair_i * config.num_fields + self.pair_j  # (P,) pair (i, j) in a flat (F, F)
+        self.register_buffer("pair_flat", flat, persistent=False)
+        # (P, F * F) one-hot: attention @ pair_scatter lays the a_ij out as the (F, F) matrix A
+        scatter = F.one_hot(flat, config.num_fields**2).float()
+        self.register_buffer("pair_scatter", scatter, persistent=False)
 
         self.bias = nn.Parameter(torch.zeros(1))  # w0
         self.linear = nn.Embedding(config.num_features, 1)  # w_i
@@ -89,6 +96,12 @@ class AFM(nn.Module):
         v = self.embedding(feature_index) * x  # (B, F, k)  v_i x_i
         linear_contribution = self.linear(feature_index).squeeze(-1) * feature_value  # (B, F)
 
+        # Only the attention network needs the P pair vectors themselves. Every other pair sum is
+        # a (F, F) form: p^T (v_i ⊙ v_j) is entry (i, j) of (V ⊙ p) V^T, and
+        # sum_{i<j} a_ij (v_i ⊙ v_j) = sum_i v_i ⊙ (A V)_i with A the upper-triangular (F, F)
+        # matrix of the a_ij; so no other step reads or writes a (B, P, k) tensor.
+        inner = torch.bmm(v * self.projection, v.transpose(1, 2))  # (B, F, F)  p^T (v_i ⊙ v_j)
+        projected = inner.flatten(1).index_select(1, self.pair_flat)  # (B, P)
         if self.config.attention:
             # index_select, not v[:, pair_i]: the advanced-indexing gather took about 3 times as long
             pairs = v.index_select(1, self.pair_i) * v.index_select(1, self.pair_j)  # (B, P, k)
@@ -96,14 +109,15 @@ class AFM(nn.Module):
             # (t, 1) and (k, 1) columns, not vectors: onnxruntime runs 3-D @ 1-D MatMuls slowly
             logits = (hidden @ self.attention_h.unsqueeze(-1)).squeeze(-1)  # (B, P)
             attention = torch.softmax(logits, dim=1)  # over the pairs axis, not a size-1 one
-            pooled = torch.bmm(attention.unsqueeze(1), pairs).squeeze(1)  # (B, k)  sum a_ij (...)
-            pair_contribution = attention * (pairs @ self.projection.unsqueeze(-1)).squeeze(-1)
+            a = (attention @ self.pair_scatter).view_as(
+                inner
+            )  # (B, F, F)  A, a_ij above the diagonal
+            pooled = (v * torch.bmm(a, v)).sum(1)  # (B, k)  sum_{i<j} a_ij (v_i ⊙ v_j)
+            pair_contribution = attention * projected  # (B, P)
         else:
-            # FM: a_ij = 1. The pooled sum by Rendle's identity and the per-pair terms from the
-            # (F, F) inner products, so FM never builds the (B, P, k) pair tensor.
+            # FM: a_ij = 1, and the pooled sum is Rendle's identity.
             pooled = 0.5 * (v.sum(1).pow(2) - v.pow(2).sum(1))  # (B, k)
-            inner = (v * self.projection) @ v.transpose(1, 2)  # (B, F, F)  p^T (v_i ⊙ v_j)
-            pair_contribution = inner[:, self.pair_i, self.pair_j]  # (B, P)
+            pair_contribution = projected  # (B, P)
             attention = torch.full_like(pair_contribution, 1.0 / len(self.pair_i))  # uniform
 
         if self.config.batch_norm:

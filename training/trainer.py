@@ -7,7 +7,7 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -117,10 +117,15 @@ def make_optimizer(model: AFM, config: TrainConfig) -> torch.optim.Optimizer:
         first_layer = list(model.attention_w.parameters())  # W and b
         rest = [p for name, p in model.named_parameters() if not name.startswith("attention_w.")]
         groups = [{"params": rest}, {"params": first_layer, "lr": config.attention_lr}]
+    # fused: one kernel per step over all parameters instead of a pass per operation; the dense
+    # embedding table's update is a large share of a small batch's step
+    # (docs/experiments/training-throughput.md)
     if config.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay, fused=True)
     if config.optimizer == "adagrad":
-        return torch.optim.Adagrad(groups, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.Adagrad(
+            groups, lr=config.lr, weight_decay=config.weight_decay, fused=True
+        )
     raise ValueError(f"unknown optimizer {config.optimizer!r}")
 
 
@@ -130,6 +135,12 @@ def loss_fn(task: str, raw: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(raw, label)
 
 
+class EpochStats(NamedTuple):
+    loss: float  # mean training loss
+    rows_per_second: float
+    outside_step: float  # share of the epoch's time spent outside forward, backward and update
+
+
 def train_one_epoch(
     model: AFM,
     optimizer: torch.optim.Optimizer,
@@ -137,16 +148,17 @@ def train_one_epoch(
     config: TrainConfig,
     generator: torch.Generator,
     description: str = "train",
-) -> tuple[float, float]:
-    """One pass over the shuffled training data; returns (mean loss, rows per second)."""
+) -> EpochStats:
+    """One pass over the shuffled training data."""
     model.train()
-    total, rows, started = 0.0, 0, time.perf_counter()
+    total, rows, in_step, started = 0.0, 0, 0.0, time.perf_counter()
     batches = data.batches(config.batch_size, shuffle=True, generator=generator)
     progress = tqdm(
         batches, total=math.ceil(len(data) / config.batch_size), desc=description, leave=False
     )
     for batch in progress:
         index, value, label = (t.to(config.device) for t in (batch.index, batch.value, batch.label))
+        step_started = time.perf_counter()
         out = model(index, value)
         loss = loss_fn(config.task, out.raw, label)
         if config.l2_attention:
@@ -155,9 +167,11 @@ def train_one_epoch(
         loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
         total += loss.item() * len(label)
+        in_step += time.perf_counter() - step_started
         rows += len(label)
         progress.set_postfix(loss=f"{total / rows:.4f}")
-    return total / rows, rows / (time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    return EpochStats(total / rows, rows / elapsed, 1.0 - in_step / elapsed)
 
 
 @torch.no_grad()
@@ -220,7 +234,7 @@ def fit(
         stopping.best = history.best[metric]
         print(f"{name} start: " + "  ".join(f"valid {k} {v:.4f}" for k, v in history.best.items()))
     for epoch in range(1, config.epochs + 1):
-        loss, speed = train_one_epoch(
+        loss, speed, outside = train_one_epoch(
             model, optimizer, train, config, generator, f"{name} {epoch}/{config.epochs}"
         )
         speeds.append(speed)
@@ -233,7 +247,7 @@ def fit(
         print(
             f"{name} epoch {epoch}: train loss {loss:.4f}  "
             + "  ".join(f"valid {k} {v:.4f}" for k, v in scores.items())
-            + f"  lr {lr:.3g}  ({speed:,.0f} rows/s)",
+            + f"  lr {lr:.3g}  ({speed:,.0f} rows/s, {outside:.0%} outside the step)",
             flush=True,
         )
         if stopping.update(scores[metric]):

@@ -198,3 +198,57 @@ def test_bias_starts_at_the_label_mean_as_a_logit_for_ctr():
     assert model.bias.item() == pytest.approx(3.5)
     model.init_bias(0.25, "ctr")
     assert torch.sigmoid(model.bias).item() == pytest.approx(0.25)
+
+
+def reference_forward(
+    model: AFM, index: torch.Tensor, value: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """The equations with the (B, P, k) pair tensor built and used by every step."""
+    v = model.embedding(index) * value.unsqueeze(-1)  # (B, F, k)
+    pairs = v[:, model.pair_i] * v[:, model.pair_j]  # (B, P, k)
+    linear = model.linear(index).squeeze(-1) * value  # (B, F)
+    if model.config.attention:
+        logits = torch.relu(model.attention_w(pairs)) @ model.attention_h  # (B, P)
+        attention = torch.softmax(logits, dim=1)
+    else:
+        attention = torch.ones(pairs.shape[:2])
+    pooled = (attention.unsqueeze(-1) * pairs).sum(1)  # (B, k)
+    raw = model.bias + linear.sum(1) + pooled @ model.projection
+    if not model.config.attention:
+        attention = attention / attention.shape[1]  # FM reports uniform weights
+    pair_contribution = (attention if model.config.attention else 1.0) * (pairs @ model.projection)
+    return raw, attention, pair_contribution, linear
+
+
+@pytest.mark.parametrize("attention", [True, False])
+def test_forward_and_gradients_match_the_pair_tensor_equations(attention):
+    model = trained_like(attention=attention, seed=3)
+    index, value = random_rows(batch=32, seed=2)
+    out = model(index, value)
+    expected = reference_forward(model, index, value)
+    for got, want in zip(out, expected, strict=True):
+        assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
+
+    weights = torch.randn(4, 32, generator=torch.Generator().manual_seed(5))
+
+    def gradients(outputs) -> list[torch.Tensor]:
+        loss = sum(
+            (w * o.sum(-1) if o.dim() == 2 else w * o).sum()
+            for w, o in zip(weights, outputs, strict=True)
+        )
+        params = [p for p in model.parameters() if p.requires_grad]
+        return list(torch.autograd.grad(loss, params, allow_unused=True))
+
+    for got, want in zip(gradients(model(index, value)), gradients(expected), strict=True):
+        if want is None:
+            assert got is None or torch.count_nonzero(got) == 0
+        else:
+            assert torch.allclose(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_pair_scatter_lays_the_pairs_above_the_diagonal():
+    model = trained_like()
+    a = torch.arange(1.0, 11.0).unsqueeze(0)  # (1, P)
+    matrix = (a @ model.pair_scatter).view(F, F)
+    assert torch.equal(matrix, torch.zeros(F, F).index_put((model.pair_i, model.pair_j), a[0]))
+    assert torch.equal(matrix.tril(), torch.zeros(F, F))
