@@ -101,6 +101,8 @@ def load_splits(data: DataOptions, plan: SplitPlan | None = None) -> Splits:
     for option in ("drop_used_negatives", "paper_negatives"):
         if getattr(data, option) and data.dataset != "frappe":
             sys.exit(f"--{option.replace('_', '-')} is for --dataset frappe")
+    if data.positive_label is not None and data.task != "ctr":
+        sys.exit("--positive-label is for --task ctr: a rating label is a number")
     if data.dataset != "files":
         for option in ("data", "delimiter", "positive_label", "split_by"):
             if getattr(data, option) is not None:

@@ -74,7 +74,7 @@ def delimiter_of(path: Path, given: str | None, wanted: Sequence[str]) -> str:
     `wanted` columns, else what csv.Sniffer finds; a file none of them splits is refused."""
     if given:
         return "\t" if given in ("\\t", "tab") else given
-    with open(path, encoding="utf-8", errors="replace", newline="") as file:
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as file:
         sample = file.read(SNIFF_BYTES)
     header = sample.splitlines()[0] if sample else ""
     try:
@@ -191,8 +191,6 @@ def label_values(
             f" (the first: data row {empty[0] + 1}); every row needs a label"
         )
     if task == "rating":
-        if positive_label is not None:
-            raise DataError("--positive-label is for --task ctr")
         rating = numbers_of(path, column, values, "the label")
         odd = ~np.isfinite(rating)
         if odd.any():

@@ -86,7 +86,7 @@ def read_checked(
         arrow = pq.read_table(path, columns=list(wanted))
     else:
         separator = delimiter_of(path, delimiter, list(wanted))
-        with open(path, encoding="utf-8", errors="replace", newline="") as file:
+        with open(path, encoding="utf-8-sig", errors="replace", newline="") as file:
             header = file.readline()
         present = header_columns(header, separator)
         require_columns(path, present, wanted, separator)
