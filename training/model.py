@@ -49,6 +49,62 @@ def field_pairs(num_fields: int) -> tuple[list[int], list[int]]:
     return rows, cols
 
 
+class PairLogits(torch.autograd.Function):
+    """a'_ij = h^T ReLU(W (v_i ⊙ v_j) + b) for all pairs, (B, F, k) -> (B, P), in chunks of rows.
+
+    Training is memory-bound on the (B, P, k) pair tensor: built, multiplied and reduced by separate
+    kernels both ways. Here it exists for CHUNK_FLOATS at a time (cache-sized), and the backward
+    rebuilds it rather than keeping it:
+        g_pre  = (g_logit h^T) ⊙ [W q + b > 0]                    (rows, P, t)
+        g_W    = sum g_pre q^T,   g_b = sum g_pre,   g_h = sum ReLU(W q + b) g_logit
+        g_q    = g_pre W;   g_v_i += g_q ⊙ v_j,   g_v_j += g_q ⊙ v_i  (q = v_i ⊙ v_j)
+    """
+
+    CHUNK_FLOATS = 2**18  # about 1 MiB of pair vectors per chunk
+
+    @staticmethod
+    def chunks(v: torch.Tensor, num_pairs: int) -> range:
+        rows = max(1, PairLogits.CHUNK_FLOATS // (num_pairs * v.shape[2]))
+        return range(0, v.shape[0], rows)
+
+    @staticmethod
+    def forward(
+        ctx: Any, v: torch.Tensor, i: torch.Tensor, j: torch.Tensor,
+        w: torch.Tensor, b: torch.Tensor, h: torch.Tensor,
+    ) -> torch.Tensor:  # fmt: skip
+        ctx.save_for_backward(v, i, j, w, b, h)
+        logits = v.new_empty(v.shape[0], len(i))  # (B, P)
+        step = PairLogits.chunks(v, len(i)).step
+        for start in PairLogits.chunks(v, len(i)):
+            rows = v[start : start + step]  # (r, F, k)
+            q = (rows.index_select(1, i) * rows.index_select(1, j)).flatten(0, 1)  # (r P, k)
+            hidden = torch.relu(torch.addmm(b, q, w.t()))  # (r P, t)
+            logits[start : start + step] = (hidden @ h).view(-1, len(i))
+        return logits
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        v, i, j, w, b, h = ctx.saved_tensors
+        grad_v, grad_w = torch.zeros_like(v), torch.zeros_like(w)
+        grad_b, grad_h = torch.zeros_like(b), torch.zeros_like(h)
+        step = PairLogits.chunks(v, len(i)).step
+        for start in PairLogits.chunks(v, len(i)):
+            rows = v[start : start + step]  # (r, F, k)
+            v_i, v_j = rows.index_select(1, i), rows.index_select(1, j)  # (r, P, k)
+            q = (v_i * v_j).flatten(0, 1)  # (r P, k)
+            pre = torch.addmm(b, q, w.t())  # (r P, t)
+            g_logit = grad[start : start + step].reshape(-1, 1)  # (r P, 1)
+            grad_h += (pre.relu() * g_logit).sum(0)
+            g_pre = (g_logit * h) * (pre > 0)  # (r P, t)
+            grad_w.addmm_(g_pre.t(), q)
+            grad_b += g_pre.sum(0)
+            g_q = (g_pre @ w).view_as(v_i)  # (r, P, k)
+            grad_rows = grad_v[start : start + step]
+            grad_rows.index_add_(1, i, g_q * v_j)
+            grad_rows.index_add_(1, j, g_q * v_i)
+        return grad_v, None, None, grad_w, grad_b, grad_h
+
+
 class AFM(nn.Module):
     pair_i: torch.Tensor  # (P,) first field of each pair
     pair_j: torch.Tensor  # (P,) second field
@@ -103,15 +159,18 @@ class AFM(nn.Module):
         inner = torch.bmm(v * self.projection, v.transpose(1, 2))  # (B, F, F)  p^T (v_i ⊙ v_j)
         projected = inner.flatten(1).index_select(1, self.pair_flat)  # (B, P)
         if self.config.attention:
-            # index_select, not v[:, pair_i]: the advanced-indexing gather took about 3 times as long
-            pairs = v.index_select(1, self.pair_i) * v.index_select(1, self.pair_j)  # (B, P, k)
-            hidden = F.relu(self.attention_w(pairs))  # (B, P, t)
-            # (t, 1) and (k, 1) columns, not vectors: onnxruntime runs 3-D @ 1-D MatMuls slowly
-            logits = (hidden @ self.attention_h.unsqueeze(-1)).squeeze(-1)  # (B, P)
+            if self.training and torch.is_grad_enabled():
+                # the equations below, a few rows at a time, with the backward written out
+                weights = self.attention_weights()
+                logits = PairLogits.apply(v, self.pair_i, self.pair_j, *weights)  # type: ignore[no-untyped-call]
+            else:
+                # index_select, not v[:, pair_i]: the advanced-indexing gather is about 3x slower
+                pairs = v.index_select(1, self.pair_i) * v.index_select(1, self.pair_j)  # (B, P, k)
+                hidden = F.relu(self.attention_w(pairs))  # (B, P, t)
+                # (t, 1) and (k, 1) columns, not vectors: onnxruntime runs 3-D @ 1-D MatMuls slowly
+                logits = (hidden @ self.attention_h.unsqueeze(-1)).squeeze(-1)  # (B, P)
             attention = torch.softmax(logits, dim=1)  # over the pairs axis, not a size-1 one
-            a = (attention @ self.pair_scatter).view_as(
-                inner
-            )  # (B, F, F)  A, a_ij above the diagonal
+            a = (attention @ self.pair_scatter).view_as(inner)  # (B, F, F)  A: a_ij, i < j
             pooled = (v * torch.bmm(a, v)).sum(1)  # (B, k)  sum_{i<j} a_ij (v_i ⊙ v_j)
             pair_contribution = attention * projected  # (B, P)
         else:
@@ -127,6 +186,9 @@ class AFM(nn.Module):
         pair_interaction = self.dropout(pooled) @ self.projection  # (B,)
         raw = self.bias + linear_contribution.sum(1) + pair_interaction  # (B,)
         return AFMOutput(raw, attention, pair_contribution, linear_contribution)
+
+    def attention_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.attention_w.weight, self.attention_w.bias, self.attention_h  # W, b, h
 
     @torch.no_grad()
     def fold_batch_norm(self) -> None:

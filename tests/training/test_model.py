@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from training.model import AFM, AFMConfig, field_pairs
+from training.model import AFM, AFMConfig, PairLogits, field_pairs
 
 F, K = 5, 6
 
@@ -220,9 +220,13 @@ def reference_forward(
     return raw, attention, pair_contribution, linear
 
 
+@pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("attention", [True, False])
-def test_forward_and_gradients_match_the_pair_tensor_equations(attention):
-    model = trained_like(attention=attention, seed=3)
+def test_forward_and_gradients_match_the_pair_tensor_equations(attention, training, monkeypatch):
+    model = trained_like(attention=attention, seed=3).train(training)
+    model.dropout.p = 0.0  # training mode takes the chunked attention path, without dropout here
+    # chunks of 7 rows: the 32 rows end on a partial chunk
+    monkeypatch.setattr(PairLogits, "CHUNK_FLOATS", 7 * 10 * K)
     index, value = random_rows(batch=32, seed=2)
     out = model(index, value)
     expected = reference_forward(model, index, value)
@@ -252,3 +256,17 @@ def test_pair_scatter_lays_the_pairs_above_the_diagonal():
     matrix = (a @ model.pair_scatter).view(F, F)
     assert torch.equal(matrix, torch.zeros(F, F).index_put((model.pair_i, model.pair_j), a[0]))
     assert torch.equal(matrix.tril(), torch.zeros(F, F))
+
+
+def test_pair_logits_backward_is_the_derivative_of_its_forward(monkeypatch):
+    monkeypatch.setattr(PairLogits, "CHUNK_FLOATS", 3 * 10 * K)
+    model = trained_like(seed=4).double()
+    index, value = random_rows(batch=8, seed=6)
+    v = (model.embedding(index) * value.double().unsqueeze(-1)).detach().requires_grad_()
+    w, b, h = (p.detach().requires_grad_() for p in model.attention_weights())
+
+    def logits(*inputs: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = PairLogits.apply(inputs[0], model.pair_i, model.pair_j, *inputs[1:])
+        return out
+
+    assert torch.autograd.gradcheck(logits, (v, w, b, h))
