@@ -147,14 +147,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--dims", type=int, nargs="+", default=[64, 256], help="k")
     parser.add_argument("--attention-dims", type=int, nargs="+", default=[8, 64], help="t")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 1024])
-    parser.add_argument("--steps", type=int, default=10, help="steps per round")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument(
-        "--quick", action="store_true", help="t = 8 and batch 256 only, 2 rounds of 5 steps"
-    )
+    parser.add_argument("--steps", type=int, default=4, help="steps per round")
+    parser.add_argument("--rounds", type=int, default=6, help="the best round counts")
+    parser.add_argument("--quick", action="store_true", help="t = 8 and batch 256 only")
     args = parser.parse_args(argv)
     if args.quick:
-        args.attention_dims, args.batch_sizes, args.steps, args.rounds = [8], [256], 5, 2
+        args.attention_dims, args.batch_sizes = [8], [256]
     limit, results = run(
         args.threads, args.dims, args.attention_dims, args.batch_sizes, args.steps, args.rounds
     )

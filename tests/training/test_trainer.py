@@ -3,7 +3,15 @@
 import torch
 
 from training.model import AFM, AFMConfig
-from training.trainer import EarlyStopping, Tensors, TrainConfig, fit, loss_fn, make_optimizer
+from training.trainer import (
+    EarlyStopping,
+    Tensors,
+    TrainConfig,
+    fit,
+    loss_fn,
+    make_optimizer,
+    train_one_epoch,
+)
 
 
 def noise_data(rows: int, seed: int) -> Tensors:
@@ -86,3 +94,20 @@ def test_the_attention_networks_first_layer_takes_its_own_rate():
         assert 0.99 * rate < step <= rate * (1 + 1e-6), name
     fm = AFM(AFMConfig(num_features=90, num_fields=3, embedding_dim=4, attention=False))
     assert len(make_optimizer(fm, config).param_groups) == 1  # FM has no attention network
+
+
+def test_an_epoch_reports_its_speed_and_the_share_spent_outside_the_step():
+    model = AFM(AFMConfig(num_features=90, num_fields=3, embedding_dim=4, attention_dim=2))
+    config = TrainConfig(task="rating", batch_size=64)
+    stats = train_one_epoch(
+        model, make_optimizer(model, config), noise_data(300, 0), config, torch.Generator()
+    )
+    assert stats.rows_per_second > 0 and 0.0 <= stats.outside_step < 1.0
+    assert stats.loss > 0
+
+
+def test_batches_cover_every_row_once_in_shuffled_order():
+    data = noise_data(300, 0)
+    data.label = torch.arange(300.0)
+    labels = torch.cat([b.label for b in data.batches(64, True, torch.Generator().manual_seed(1))])
+    assert sorted(labels.tolist()) == list(range(300)) and labels.tolist() != list(range(300))
