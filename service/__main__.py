@@ -14,7 +14,9 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from service.api import create_app
+from service.drain import DrainingServer
 from service.logging_config import configure_logging
+from service.protocol import limited_protocol
 from service.settings import Settings
 
 
@@ -69,16 +71,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         raise SystemExit(1) from None
     configure_logging(settings.log_level)
+    app = create_app(settings)
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
+        http=limited_protocol(settings.max_header_bytes, settings.header_timeout_seconds),
         log_config=None,
         access_log=False,
         server_header=False,
         timeout_graceful_shutdown=10,
     )
-    uvicorn.Server(config).run(sockets=[listening])
+    server = DrainingServer(config, app.state.drain, settings.drain_seconds, app.state.metrics)
+    server.run(sockets=[listening])
 
 
 def bind(host: str, port: int) -> socket.socket:

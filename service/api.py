@@ -14,14 +14,19 @@ import threading
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
+import anyio
 import anyio.to_thread
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.responses import Response
 
+from service.admission import Admission
+from service.drain import Drain
 from service.errors import (
     BadRequest,
     Forbidden,
+    NotReady,
     PayloadTooLarge,
+    RequestTimeout,
     Unauthorized,
     UnsupportedMediaType,
 )
@@ -50,10 +55,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
     for status, description in (
         (400, "not JSON"),
+        (408, "the body took too long to arrive"),
         (413, "too many rows or too large a body"),
         (415, "not application/json"),
         (422, "a field missing, unknown, null, mistyped or out of range"),
-        (503, "no model loaded and warmed yet"),
+        (503, "no model loaded and warmed yet, or overloaded"),
     )
 }
 
@@ -81,10 +87,22 @@ async def get_model(runtime: Annotated[ModelRuntime, Depends(get_runtime)]) -> S
     return runtime.model
 
 
+async def get_admission(request: Request) -> Admission:
+    admission: Admission = request.app.state.admission
+    return admission
+
+
+async def get_drain(request: Request) -> Drain:
+    drain: Drain = request.app.state.drain
+    return drain
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RuntimeDep = Annotated[ModelRuntime, Depends(get_runtime)]
 MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
 ModelDep = Annotated[ServedModel, Depends(get_model)]
+AdmissionDep = Annotated[Admission, Depends(get_admission)]
+DrainDep = Annotated[Drain, Depends(get_drain)]
 
 router = APIRouter()
 
@@ -95,14 +113,20 @@ router = APIRouter()
     responses=ERRORS,
     summary="Score rows: instances, or a context with candidates",
 )
-async def predict(request: Request, model: ModelDep, settings: SettingsDep) -> Response:
+async def predict(
+    request: Request, model: ModelDep, settings: SettingsDep, admission: AdmissionDep
+) -> Response:
     """`{"instances": [...]}` or `{"context": {...}, "candidates": [...]}`; scores in order."""
-    body = await read_json_body(request, settings.max_body_bytes)
-    parsed = model.schemas.parse_predict(body)
-    if len(parsed.rows) >= settings.threadpool_min_rows:
-        answer = await anyio.to_thread.run_sync(model.predict, parsed)
-    else:
-        answer = model.predict(parsed)
+    async with admission.admit() as ticket:
+        body = await read_json_body(
+            request, settings.max_body_bytes, timeout=settings.body_timeout_seconds
+        )
+        ticket.check()
+        parsed = model.schemas.parse_predict(body)
+        if len(parsed.rows) >= settings.threadpool_min_rows:
+            answer = await anyio.to_thread.run_sync(model.predict, parsed)
+        else:
+            answer = model.predict(parsed)
     return OrjsonResponse(answer)
 
 
@@ -115,14 +139,16 @@ async def predict(request: Request, model: ModelDep, settings: SettingsDep) -> R
 async def explain(
     request: Request,
     model: ModelDep,
+    admission: AdmissionDep,
     top_k: Annotated[
         int | None,
         Query(ge=1, description="add `top_pairs`: the k pairs of largest |contribution|"),
     ] = None,
 ) -> Response:
     """One row as query parameters `field=value`; every pair, sorted by |contribution|."""
-    row = model.schemas.parse_explain_query(request.query_params.multi_items(), top_k)
-    return OrjsonResponse(model.explain(row, top_k))
+    async with admission.admit():
+        row = model.schemas.parse_explain_query(request.query_params.multi_items(), top_k)
+        return OrjsonResponse(model.explain(row, top_k))
 
 
 @router.get("/model", response_model=ModelInfo, responses=ERRORS, summary="The served model")
@@ -137,8 +163,10 @@ async def healthz() -> Response:
 
 
 @router.get("/readyz", response_model=Ready, responses=ERRORS, summary="A model is loaded and warm")
-async def readyz(model: ModelDep) -> Response:
-    return OrjsonResponse({"status": "ready", "model": model.ref})
+async def readyz(runtime: RuntimeDep, drain: DrainDep) -> Response:
+    if drain.draining:
+        raise NotReady("the server is draining before it shuts down")
+    return OrjsonResponse({"status": "ready", "model": runtime.model.ref})
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
@@ -159,16 +187,19 @@ async def reload(
     x_api_key: Annotated[str | None, Header(description="one of AFM_API_KEYS")] = None,
 ) -> Response:
     """Body (optional): `{"version": n}` or `{"name": ..., "version": ...}`; default newest."""
-    authorize(settings, x_api_key)
-    body = await read_json_body(request, settings.max_body_bytes, optional=True)
+    await authorize(settings, x_api_key)
+    body = await read_json_body(
+        request, settings.max_body_bytes, optional=True, timeout=settings.body_timeout_seconds
+    )
     options = parse_reload(body)
     previous = runtime.model.ref if runtime.ready else None
     served = await anyio.to_thread.run_sync(runtime.reload, options.name, options.version)
     return OrjsonResponse({"model": served.ref, "previous": previous})
 
 
-def authorize(settings: Settings, key: str | None) -> None:
-    """Admin routes need one of the configured API keys; none configured disables them."""
+async def authorize(settings: Settings, key: str | None) -> None:
+    """Admin routes need one of the configured API keys; none configured disables them. A wrong
+    key is answered after `auth_failure_delay_seconds`, to slow down guessing."""
     if not settings.api_keys:
         raise Forbidden("admin routes are disabled: no API key is configured (AFM_API_KEYS)")
     if key is None:
@@ -176,11 +207,15 @@ def authorize(settings: Settings, key: str | None) -> None:
     given = key.encode()
     keys = [k.get_secret_value().encode() for k in settings.api_keys]
     if not any(secrets.compare_digest(given, k) for k in keys):
+        await anyio.sleep(settings.auth_failure_delay_seconds)
         raise Unauthorized("the X-API-Key is not valid", [("x-api-key", "not a valid key")])
 
 
-async def read_json_body(request: Request, limit: int, optional: bool = False) -> bytes:
-    """The body of a JSON request: 415 unless declared JSON, 413 beyond `limit` bytes."""
+async def read_json_body(
+    request: Request, limit: int, optional: bool = False, timeout: float | None = None
+) -> bytes:
+    """The body of a JSON request: 415 unless declared JSON, 413 beyond `limit` bytes, 408 when
+    it has not all arrived within `timeout` seconds."""
     content_type = request.headers.get("content-type")
     declared = request.headers.get("content-length")
     if declared is not None:
@@ -201,13 +236,20 @@ async def read_json_body(request: Request, limit: int, optional: bool = False) -
                 [("content-type", "not application/json")],
             )
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(
-                f"the body is over {limit} bytes", [("body", f"larger than {limit} bytes")]
-            )
-        chunks.append(chunk)
+    try:
+        with anyio.fail_after(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(
+                        f"the body is over {limit} bytes", [("body", f"larger than {limit} bytes")]
+                    )
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the body did not arrive within {timeout:g} s",
+            [("body", f"not received within {timeout:g} s")],
+        ) from None
     return b"".join(chunks)
 
 
@@ -244,11 +286,19 @@ def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = 
     app.state.settings = settings
     app.state.runtime = runtime
     app.state.metrics = metrics
+    app.state.admission = Admission(
+        settings.max_in_flight, settings.max_queued, settings.request_deadline_seconds, metrics
+    )
+    app.state.drain = Drain()
     metrics.watch_caches(runtime.memo_stats)
     app.include_router(router)
     install_handlers(app)
     app.add_middleware(
-        RequestContext, metrics=metrics, replica=settings.replica, access_log=settings.access_log
+        RequestContext,
+        metrics=metrics,
+        replica=settings.replica,
+        access_log=settings.access_log,
+        drain=app.state.drain,
     )
     install_openapi(app, runtime)
     return app

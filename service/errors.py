@@ -68,6 +68,13 @@ class MethodNotAllowed(ServiceError):
     code = "method_not_allowed"
 
 
+class RequestTimeout(ServiceError):
+    """The client took too long to send its headers or its body; the connection is closed."""
+
+    status_code = 408
+    code = "request_timeout"
+
+
 class PayloadTooLarge(ServiceError):
     """Too large a body, or too many rows in one request."""
 
@@ -80,6 +87,13 @@ class UnsupportedMediaType(ServiceError):
 
     status_code = 415
     code = "unsupported_media_type"
+
+
+class HeadersTooLarge(ServiceError):
+    """The request line and headers are larger than the server accepts."""
+
+    status_code = 431
+    code = "headers_too_large"
 
 
 class ValidationFailed(ServiceError):
@@ -101,6 +115,13 @@ class NotReady(ServiceError):
 
     status_code = 503
     code = "not_ready"
+
+
+class Overloaded(ServiceError):
+    """Too many requests in flight and queued, or a request that waited past its deadline."""
+
+    status_code = 503
+    code = "overloaded"
 
 
 def error_body(code: str, message: str, details: Iterable[tuple[str, str]] = ()) -> dict[str, Any]:

@@ -19,12 +19,14 @@ from service.errors import (
 from service.responses import OrjsonResponse
 
 PARAMETER_LOCATIONS = ("body", "query", "header", "path", "cookie")
+RESPONSE_HEADERS = {503: {"Retry-After": "1"}, 408: {"Connection": "close"}}
 
 
 async def service_error(request: Request, exc: Exception) -> Response:
-    """A ServiceError as its status and body; a 503 tells the client to retry in a second."""
+    """A ServiceError as its status and body; a 503 tells the client to retry in a second, a 408
+    closes the connection (the rest of its body may never come)."""
     assert isinstance(exc, ServiceError)
-    headers = {"Retry-After": "1"} if exc.status_code == 503 else None
+    headers = RESPONSE_HEADERS.get(exc.status_code)
     return OrjsonResponse(exc.body(), status_code=exc.status_code, headers=headers)
 
 

@@ -25,7 +25,7 @@ ROW_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 700, 1000, 2000, 5000)
 
 
 class ServiceMetrics:
-    """Request, inference, unseen-value and model metrics, exposed at `GET /metrics`."""
+    """Request, inference, unseen- and clipped-value and model metrics, exposed at `GET /metrics`."""
 
     content_type = CONTENT_TYPE_LATEST
 
@@ -52,11 +52,29 @@ class ServiceMetrics:
             "afm_unseen_values", "Scored rows whose value of a field was unseen in training.",
             ["field"], registry=r,
         )  # fmt: skip
+        self.clipped_values = Counter(
+            "afm_clipped_values",
+            "Scored rows whose number in a field lay outside its training range, clipped to it.",
+            ["field"], registry=r,
+        )  # fmt: skip
         self.model = Info("afm_model", "The bundle being served.", registry=r)
         self.reloads = Counter(
             "afm_model_reloads", "Bundle loads by result (loaded, refused).", ["result"], registry=r
         )
         self.ready = Gauge("afm_ready", "1 once a model is loaded and warmed.", registry=r)
+        self.admission = Counter(
+            "afm_admission", "Inference requests by admission result (admitted, rejected, expired).",
+            ["result"], registry=r,
+        )  # fmt: skip
+        self.in_flight = Gauge(
+            "afm_requests_in_flight", "Inference requests holding a place now.", registry=r
+        )
+        self.queued = Gauge(
+            "afm_requests_queued", "Inference requests waiting for a place now.", registry=r
+        )
+        self.draining = Gauge(
+            "afm_draining", "1 once a SIGTERM has started the drain before shutdown.", registry=r
+        )
         self._caches: _CacheCollector | None = None
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
@@ -72,6 +90,11 @@ class ServiceMetrics:
             if count:
                 self.unseen_values.labels(field).inc(count)
 
+    def count_clipped(self, clipped: Mapping[str, int]) -> None:
+        for field, count in clipped.items():
+            if count:
+                self.clipped_values.labels(field).inc(count)
+
     def serving(self, name: str, version: int, task: str) -> None:
         self.model.info({"name": name, "version": str(version), "task": task})
         self.ready.set(1)
@@ -81,6 +104,11 @@ class ServiceMetrics:
         if self._caches is None:
             self._caches = _CacheCollector(stats)
             self.registry.register(self._caches)
+
+    def watch_admission(self, in_flight: Callable[[], int], queued: Callable[[], int]) -> None:
+        """Read the admission gate's counts at each scrape."""
+        self.in_flight.set_function(in_flight)
+        self.queued.set_function(queued)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,4 +1,5 @@
-"""The ASGI middleware around every request: request id, replica header, metrics, access log."""
+"""The ASGI middleware around every request: request id, replica header, metrics, access log,
+and `Connection: close` while the server drains before shutdown."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import orjson
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.drain import Drain
 from service.errors import error_body
 from service.logging_config import request_id
 from service.metrics import ServiceMetrics
@@ -21,15 +23,22 @@ REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 
 
 class RequestContext:
-    """Per request: X-Request-ID (honoured or made), X-Served-By, metrics, access log, last 500."""
+    """Per request: X-Request-ID (honoured or made), X-Served-By, metrics, access log, last 500;
+    while draining, `Connection: close`."""
 
     def __init__(
-        self, app: ASGIApp, metrics: ServiceMetrics, replica: str, access_log: bool
+        self,
+        app: ASGIApp,
+        metrics: ServiceMetrics,
+        replica: str,
+        access_log: bool,
+        drain: Drain | None = None,
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.replica = replica.encode("latin-1", "replace")
         self.access_log = access_log
+        self.drain = drain or Drain()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -40,6 +49,8 @@ class RequestContext:
         start = time.perf_counter()
         status, started = 500, False
         extra = [(b"x-request-id", rid.encode()), (b"x-served-by", self.replica)]
+        if self.drain.draining:
+            extra.append((b"connection", b"close"))
 
         async def send_with_context(message: Message) -> None:
             nonlocal status, started

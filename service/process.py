@@ -6,6 +6,7 @@ peer) this way.
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
@@ -44,10 +45,11 @@ class ServerProcess:
         return f"http://{HOST}:{self.port}"
 
     def stop(self, timeout: float = 15.0) -> None:
-        """Terminate the process and wait for it; kill it if it has not exited by `timeout`."""
+        """Interrupt the process (SIGINT: the service stops without draining) and wait for it;
+        kill it if it has not exited by `timeout`."""
         if self.process.poll() is not None:
             return
-        self.process.terminate()
+        self.process.send_signal(signal.SIGINT)
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:

@@ -86,6 +86,32 @@ class Settings(BaseSettings):
     split_cache_entries: Annotated[int, Field(ge=0)] = 64
     """Most ways of splitting the fields between context and candidates kept across requests."""
 
+    max_in_flight: Annotated[int, Field(ge=1)] = 32
+    """Most `/predict` and `/explain` requests handled at once; more wait in the queue."""
+
+    max_queued: Annotated[int, Field(ge=0)] = 128
+    """Most of those requests waiting for a place; beyond it a request is a 503 `overloaded` at
+    once, with `Retry-After`."""
+
+    request_deadline_seconds: Annotated[float, Field(gt=0)] = 5.0
+    """Seconds from a request reaching its route after which, still waiting for a place or only
+    then done reading its body, it is answered 503 `overloaded` instead of computed."""
+
+    drain_seconds: Annotated[float, Field(ge=0)] = 5.0
+    """On SIGTERM: seconds to keep serving, `/readyz` answering 503, before the listener closes."""
+
+    max_header_bytes: Annotated[int, Field(ge=1024)] = 64 << 10
+    """Largest request line and headers together; more is a 431 and the connection closes."""
+
+    header_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
+    """Seconds a connection may take to send a request's line and headers; then a 408."""
+
+    body_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
+    """Seconds a request may take to send its body once its headers are in; then a 408."""
+
+    auth_failure_delay_seconds: Annotated[float, Field(ge=0)] = 0.5
+    """Seconds an admin request with a wrong `X-API-Key` waits before its 401."""
+
     api_keys: Annotated[list[SecretStr], NoDecode] = []
     """Keys accepted in the `X-API-Key` header of admin routes, comma-separated; none: disabled."""
 

@@ -1,0 +1,51 @@
+"""Graceful shutdown through a real process: SIGTERM drains first (readiness 503, requests still
+served with `Connection: close`), then the process stops and exits 0."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.service.conftest import CONTEXT, start_server, stop_server
+
+DRAIN_SECONDS = 4.0
+
+
+def test_sigterm_drops_readiness_keeps_serving_then_exits_cleanly(
+    models_dir: Path, tmp_path: Path
+) -> None:
+    server = start_server(models_dir, tmp_path, AFM_DRAIN_SECONDS=str(DRAIN_SECONDS))
+    try:
+        server.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + DRAIN_SECONDS
+        ready = httpx.get(f"{server.url}/readyz")
+        while ready.status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            ready = httpx.get(f"{server.url}/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["error"]["code"] == "not_ready"
+        assert "draining" in ready.json()["error"]["message"]
+
+        answer = httpx.post(f"{server.url}/predict", json={"instances": [CONTEXT | {"item": "1"}]})
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["connection"] == "close"
+        assert httpx.get(f"{server.url}/healthz").status_code == 200
+        assert server.process.poll() is None
+
+        assert server.process.wait(timeout=DRAIN_SECONDS + 20) == 0
+        logs = server.logs()
+        assert any(line.get("message") == "draining" for line in logs)
+    finally:
+        stop_server(server)
+
+
+def test_sigint_stops_without_draining(models_dir: Path, tmp_path: Path) -> None:
+    server = start_server(models_dir, tmp_path, AFM_DRAIN_SECONDS="600")
+    try:
+        server.process.send_signal(signal.SIGINT)
+        assert server.process.wait(timeout=30) == 0
+    finally:
+        stop_server(server)
