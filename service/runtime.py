@@ -123,8 +123,18 @@ class ServedModel:
         return self.bundle.task
 
     def card(self) -> dict[str, Any]:
-        """`GET /model`: name, version, task, fields with examples, metrics, global attention."""
-        return self._card
+        """`GET /model`: name, version, task, fields with examples, metrics, global attention,
+        and the model's promotion as the models directory holds it now."""
+        return {**self._card, "promotion": self._promotion()}
+
+    def _promotion(self) -> dict[str, Any] | None:
+        try:
+            model_dir = self.bundle.path.parent
+            promotion = bundles.promotion_of(model_dir.parent, model_dir.name)
+        except bundles.BundleError as error:
+            log.warning("promotion unreadable", extra={"reason": str(error)})
+            return None
+        return promotion.model_dump(exclude={"sha256"}, exclude_none=True) if promotion else None
 
     def parse_predict(self, body: bytes) -> PredictRequest:
         """Parse and validate a `/predict` body with this model's request schemas."""
@@ -409,19 +419,21 @@ class ModelRuntime:
         return served
 
     def reload(self, name: str | None = None, version: int | None = None) -> ServedModel:
-        """Load the newest (or given) version of the served model; the old one stays on failure."""
+        """Load the given version of the served model, else its promoted one, else its newest;
+        the old one stays on failure."""
         current = self._current
         if name is None:
             name = current.name if current is not None else self.settings.model_name
         return self.load(name, version)
 
     def load_at_start(self, stop: threading.Event) -> None:
-        """Serve the newest version of the configured model that verifies, logging each one
+        """Serve the configured model's given version, else its promoted version (refused and
+        named if it fails verification), else its newest version that verifies, logging each one
         refused; while none does, try again every `load_retry_seconds` until `stop` is set or a
         model serves (a reload may get there first)."""
         while not stop.is_set() and not self.ready:
             try:
-                name, versions = self._start_candidates()
+                name, versions, promoted = self._start_candidates()
             except ServiceError as error:
                 self.load_error = error.message
                 log.error("no model served at start", extra={"reason": error.message})
@@ -438,22 +450,31 @@ class ModelRuntime:
                             extra={"model": name, "version": version, "reason": error.message},
                         )
                 self.load_error = (
-                    f"no version of model {name!r} verifies (tried {versions}); "
+                    f"the promoted version {versions[0]} of model {name!r} is refused: "
+                    f"{self.load_error}"
+                    if promoted
+                    else f"no version of model {name!r} verifies (tried {versions}); "
                     f"the last refusal: {self.load_error}"
                 )
                 log.error("no model served at start", extra={"reason": self.load_error})
             stop.wait(self.settings.load_retry_seconds)
 
-    def _start_candidates(self) -> tuple[str, list[int]]:
-        """The model to serve at start and its versions to try, newest first."""
+    def _start_candidates(self) -> tuple[str, list[int], bool]:
+        """The model to serve at start, its versions to try (newest first), and whether the one
+        version is its promoted one. Several models and no AFM_MODEL_NAME: none is guessed."""
         name, version = self.settings.model_name, self.settings.model_version
         if name is None:
-            try:
-                name = bundles.resolve(self.settings.models_dir).parent.name
-            except bundles.BundleError as error:
-                raise NotFound(self._public(error.reason), [("name", "no bundle found")]) from None
+            names = self.available_models()
+            if len(names) > 1:
+                raise NotFound(
+                    f"several models and none chosen (AFM_MODEL_NAME): {', '.join(names)}",
+                    [("name", "several models")],
+                )
+            if not names:
+                raise NotFound("no bundle found", [("name", "no bundle found")])
+            name = names[0]
         if version is not None:
-            return name, [version]
+            return name, [version], False
         available = sorted(bundles.versions(self.settings.models_dir / name), reverse=True)
         if not available:
             models = ", ".join(self.available_models()) or "none"
@@ -461,7 +482,13 @@ class ModelRuntime:
                 f"no bundle of model {name!r}; the models directory holds: {models}",
                 [("name", "no such model")],
             )
-        return name, available
+        try:
+            promoted = bundles.promoted(self.settings.models_dir, name)
+        except bundles.BundleError as error:
+            raise NotFound(self._public(str(error)), [("name", "promotion unreadable")]) from None
+        if promoted is not None:
+            return name, [promoted], True
+        return name, available, False
 
     def available_models(self) -> list[str]:
         """Names of the models with at least one published version."""

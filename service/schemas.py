@@ -123,6 +123,11 @@ class ModelInfo(BaseModel):
     pairs: int
     metrics: dict[str, Any]
     global_attention: list[PairAttention] | None
+    promotion: dict[str, Any] | None = Field(
+        default=None,
+        description="the model's promoted.json now (name, version, by, at, metrics);"
+        " null when none is promoted; its version is served after start-up or a reload",
+    )
 
 
 class Health(BaseModel):

@@ -1,4 +1,4 @@
-"""Command line: `python -m training train|evaluate|reproduce` (see `--help` of each).
+"""Command line: `python -m training train|evaluate|promote|reproduce` (see `--help` of each).
 
 The options are documented in docs/training.md; `--help` gives one line each.
 """
@@ -80,7 +80,7 @@ class Formatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser(quick: bool = False) -> argparse.ArgumentParser:
-    """The parser of all three commands; `quick` makes QUICK the train defaults."""
+    """The parser of every command; `quick` makes QUICK the train defaults."""
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     formatter = Formatter
@@ -104,6 +104,16 @@ def build_parser(quick: bool = False) -> argparse.ArgumentParser:
         "--split", choices=["train", "validation", "test", "all"],
         help="rows to score (default: all of --data, else test)",
     )  # fmt: skip
+
+    promote = commands.add_parser(
+        "promote",
+        help="make a published version the one served (models/<name>/promoted.json)",
+        formatter_class=formatter,
+    )
+    promote.add_argument("name", help="model name, e.g. frappe-afm")
+    promote.add_argument("version", type=positive_int, help="published version to serve")
+    promote.add_argument("--models-dir", type=Path, default=Path("models"), help="models directory")
+    promote.add_argument("--by", help="who promotes it (default: the current user)")
 
     reproduce = commands.add_parser(
         "reproduce",
@@ -323,6 +333,8 @@ def main(argv: list[str] | None = None) -> None:
         commands.train(train_options(args))
     elif args.command == "evaluate":
         commands.evaluate(args.bundle, data_options(args), args.split)
+    elif args.command == "promote":
+        commands.promote(args.models_dir, args.name, args.version, args.by)
     else:
         recipe = recipes.frappe(
             args.out, args.seed, args.threads, args.device, args.data_dir, args.download,

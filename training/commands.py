@@ -1,5 +1,6 @@
 """The commands: `train` one model and publish its bundle, `evaluate` a bundle without torch,
-`reproduce` a recipe (an FM, then an AFM started from it).
+`promote` a published version to be served, `reproduce` a recipe (an FM, then an AFM started
+from it).
 
 Each takes typed values (`TrainOptions`, `DataOptions`, a `Recipe`), not the parsed command line.
 torch is imported where a model is trained, so `evaluate` runs without it.
@@ -475,6 +476,25 @@ def evaluate(bundle_path: Path, data: DataOptions, split: Split | None = None) -
         )
     )
     return result
+
+
+def promote(models_dir: Path, name: str, version: int, by: str | None = None) -> Path:
+    """Write `models_dir/name/promoted.json` naming `version`, once it verifies; `by` defaults
+    to the user running the command. Prints the promotion record."""
+    import getpass
+
+    from training import bundle
+
+    try:
+        who = by or getpass.getuser()
+    except OSError:
+        sys.exit("promote: no user name to record; give --by")
+    try:
+        promotion = bundle.promote(models_dir, name, version, who)
+    except bundle.BundleError as problem:
+        sys.exit(f"promote: {name}/{version} refused: {problem}")
+    print(json.dumps(promotion.model_dump(exclude_none=True)))
+    return models_dir / name / bundle.ALIAS
 
 
 def reproduce(recipe: Recipe) -> tuple[Path, Path]:

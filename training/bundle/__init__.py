@@ -5,10 +5,12 @@ them through it; nothing else crosses between the two.
 
 - `manifest`: bundle.json as a typed, validated `Manifest`, and the graph's I/O signature
 - `features`: the feature spec and the fitted fields that encode raw values for the graph
-- `store`: publishing, resolving versions and reading a bundle back verified
+- `store`: publishing, promoting, resolving versions and reading a bundle back verified
+- `alias`: promoted.json, the version of a model that is served
 - `session`: the onnxruntime session on a bundle's graph, its I/O checked
 """
 
+from training.bundle.alias import ALIAS, Promotion
 from training.bundle.errors import BundleError
 from training.bundle.manifest import FORMAT_VERSION, INPUTS, OUTPUTS, Manifest, io_signature
 from training.bundle.session import open_session, session_options
@@ -16,6 +18,10 @@ from training.bundle.store import (
     GRAPH,
     MANIFEST,
     Bundle,
+    model_names,
+    promote,
+    promoted,
+    promotion_of,
     publish,
     read,
     resolve,
@@ -24,6 +30,7 @@ from training.bundle.store import (
 )
 
 __all__ = [
+    "ALIAS",
     "FORMAT_VERSION",
     "GRAPH",
     "INPUTS",
@@ -32,8 +39,13 @@ __all__ = [
     "Bundle",
     "BundleError",
     "Manifest",
+    "Promotion",
     "io_signature",
+    "model_names",
     "open_session",
+    "promote",
+    "promoted",
+    "promotion_of",
     "publish",
     "read",
     "resolve",

@@ -1,10 +1,12 @@
 """Bundles on disk: publish atomically, resolve a version, read back only when every check passes.
 
     models/<name>/<version>/model.onnx + bundle.json (+ checkpoint.pt, plots)
+    models/<name>/promoted.json (the version to serve; `training.bundle.alias`)
 
 A bundle is staged in a hidden sibling folder and renamed to the next version. Reading checks the
 manifest against its schema, the files, the graph's sha256 and, when a session is opened, the
-graph's inputs and outputs against what bundle.json declares.
+graph's inputs and outputs against what bundle.json declares. Publishing is not serving: a version
+is served once promoted (or while no version of its model is).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 import onnxruntime as ort
 from pydantic import ValidationError
 
+from training.bundle.alias import Promotion, read_alias, write_alias
 from training.bundle.errors import BundleError
 from training.bundle.features import FeatureEncoder
 from training.bundle.manifest import FORMAT_VERSION, Manifest, problems
@@ -126,34 +129,82 @@ def read(path: Path | str) -> Bundle:
 
 
 def resolve(models_dir: Path | str, name: str | None = None, version: int | None = None) -> Path:
-    """The folder of a bundle: the given or highest version of `name`; without a name, the
-    most recently published bundle of any model."""
+    """The folder of a bundle: the given version of `name`, else its promoted version, else its
+    highest. Without a name, the only model of the directory; several models are refused (the
+    error lists them) rather than one guessed."""
     models_dir = Path(models_dir)
     if name is None:
-        names = (
-            [
-                p
-                for p in models_dir.iterdir()
-                if p.is_dir() and not p.name.startswith(".") and versions(p)
-            ]
-            if models_dir.is_dir()
-            else []
-        )
+        names = model_names(models_dir)
         if not names:
             raise BundleError(models_dir, "no bundle found")
-        latest = [p / str(max(versions(p))) for p in names]
-        return max(latest, key=lambda p: p.stat().st_mtime)
+        if len(names) > 1:
+            raise BundleError(models_dir, f"several models and none chosen: {', '.join(names)}")
+        name = names[0]
     model_dir = models_dir / name
     available = versions(model_dir)
     if not available:
         raise BundleError(model_dir, f"no bundle of model {name!r}")
     if version is None:
-        return model_dir / str(max(available))
+        version = promoted(models_dir, name)
+        if version is None:
+            return model_dir / str(max(available))
+        if version not in available:
+            raise BundleError(
+                model_dir,
+                f"model {name!r} has promoted version {version}, which is not there"
+                f" (has {sorted(available)})",
+            )
+        return model_dir / str(version)
     if version not in available:
         raise BundleError(
             model_dir, f"model {name!r} has no version {version} (has {sorted(available)})"
         )
     return model_dir / str(version)
+
+
+def model_names(models_dir: Path | str) -> list[str]:
+    """Names of the models with at least one published version, sorted."""
+    models_dir = Path(models_dir)
+    if not models_dir.is_dir():
+        return []
+    return sorted(
+        p.name
+        for p in models_dir.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and versions(p)
+    )
+
+
+def promoted(models_dir: Path | str, name: str) -> int | None:
+    """The promoted version of `name`; None when none is. BundleError for a broken alias."""
+    promotion = promotion_of(models_dir, name)
+    return promotion.version if promotion is not None else None
+
+
+def promotion_of(models_dir: Path | str, name: str) -> Promotion | None:
+    """The promotion record of `name` (promoted.json); None when none is promoted."""
+    return read_alias(Path(models_dir) / name)
+
+
+def promote(models_dir: Path | str, name: str, version: int, by: str) -> Promotion:
+    """Make `version` of `name` the promoted one, refused (BundleError) unless it verifies."""
+    model_dir = Path(models_dir) / name
+    if version not in versions(model_dir):
+        raise BundleError(
+            model_dir,
+            f"model {name!r} has no version {version} (has {sorted(versions(model_dir))})",
+        )
+    bundle = read(model_dir / str(version))
+    bundle.session()  # the graph loads and its I/O matches bundle.json
+    promotion = Promotion(
+        name=name,
+        version=version,
+        by=by,
+        at=datetime.now(UTC).isoformat(timespec="seconds"),
+        sha256=bundle.manifest.sha256,
+        metrics=bundle.manifest.metrics,
+    )
+    write_alias(model_dir, promotion)
+    return promotion
 
 
 def versions(model_dir: Path) -> list[int]:
