@@ -36,7 +36,7 @@ from service.schemas import PredictRequest, RequestSchemas, build_request_schema
 from service.settings import Settings, name_problem
 from training import bundle as bundles
 from training.bundle.features import MISSING as MISSING_VALUE
-from training.bundle.features import CategoricalField, FeatureEncoder
+from training.bundle.features import BucketField, CategoricalField, FeatureEncoder, NumericField
 
 log = logging.getLogger("service.runtime")
 
@@ -55,6 +55,7 @@ class Batch:
     index: np.ndarray
     value: np.ndarray
     unseen: dict[str, int]
+    clipped: dict[str, int]
     rows: Sequence[Mapping[str, Any]]
     context: Mapping[str, Any]
 
@@ -105,7 +106,7 @@ class ServedModel:
         )
         self._single = {f.name: FeatureEncoder([f]) for f in self.encoder.fields}
         self._categorical = {f.name for f in self.encoder.fields if f.kind == "categorical"}
-        self._values: Memo[tuple[int, float, int]] = Memo(
+        self._values: Memo[tuple[int, float, int, int]] = Memo(
             settings.value_cache_entries, settings.value_cache_bytes
         )
         self._card = self._model_card()
@@ -145,7 +146,9 @@ class ServedModel:
         if not request.ranking:
             columns = {name: [row[name] for row in request.rows] for name in self.names}
             encoded = self.encoder.encode(columns)
-            return Batch(encoded.index, encoded.value, encoded.unseen, request.rows, {})
+            return Batch(
+                encoded.index, encoded.value, encoded.unseen, encoded.clipped, request.rows, {}
+            )
         return self._encode_ranking(request.context, request.rows)
 
     def run(self, batch: Batch, outputs: list[str]) -> dict[str, np.ndarray]:
@@ -156,10 +159,12 @@ class ServedModel:
         if self.metrics is not None:
             self.metrics.observe_inference(len(batch), time.perf_counter() - start)
             self.metrics.count_unseen(batch.unseen)
+            self.metrics.count_clipped(batch.clipped)
         return dict(zip(outputs, results, strict=True))
 
     def predict(self, request: PredictRequest) -> dict[str, Any]:
-        """Scores in request order, unseen values per field, and explanations when asked."""
+        """Scores in request order, unseen and clipped values per field, and explanations when
+        asked."""
         batch = self.encode(request)
         out = self.run(batch, EXPLAIN if request.explain else SCORE)
         answer: dict[str, Any] = {
@@ -167,6 +172,7 @@ class ServedModel:
             "task": self.task,
             "scores": out["score"],
             "unknown_values": batch.unseen,
+            "clipped_values": batch.clipped,
         }
         if request.explain:
             answer["explanations"] = self._explanations(batch, out, request.top_k)
@@ -176,7 +182,7 @@ class ServedModel:
         """Score, raw, bias, linear terms and every pair sorted by |contribution|; with top_k,
         also `top_pairs`, the k first of them (as `/predict` explanations list them)."""
         encoded = self.encoder.encode({name: [row[name]] for name in self.names})
-        batch = Batch(encoded.index, encoded.value, encoded.unseen, [row], {})
+        batch = Batch(encoded.index, encoded.value, encoded.unseen, encoded.clipped, [row], {})
         out = self.run(batch, ALL)
         linear = out["linear_contribution"][0].tolist()
         pairs = self._pair_terms(batch, out, len(self.pairs))[0]
@@ -192,6 +198,7 @@ class ServedModel:
             ],
             "pairs": pairs,
             "unknown_values": batch.unseen,
+            "clipped_values": batch.clipped,
         }
         if top_k is not None:
             answer["top_pairs"] = pairs[:top_k]
@@ -212,16 +219,10 @@ class ServedModel:
 
     def _warm_up_rows(self, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Batches of `size` encoded rows that together hold every vocabulary value and the OOV
-        slot of every categorical field (each field cycles through its own values)."""
-        longest = max(
-            (f.size for f in self.encoder.fields if isinstance(f, CategoricalField)), default=1
-        )
-        values = {
-            f.name: np.array([MISSING_VALUE, *f.vocabulary], dtype=object)
-            if isinstance(f, CategoricalField)
-            else np.array([f.mean])
-            for f in self.encoder.fields
-        }
+        slot of every categorical field, every bucket and the missing slot of every bucket field,
+        and both ends of every numeric field's range (each field cycles through its own values)."""
+        values = {f.name: _warm_up_values(f) for f in self.encoder.fields}
+        longest = max(len(column) for column in values.values())
         for start in range(0, longest, size):
             rows = np.arange(start, start + size)
             columns = {name: column[rows % len(column)] for name, column in values.items()}
@@ -236,24 +237,35 @@ class ServedModel:
         index = np.empty((n, len(self.names)), dtype=np.int64)
         value = np.empty((n, len(self.names)), dtype=np.float32)
         unseen: dict[str, int] = {}
+        clipped: dict[str, int] = {}
         columns = {f.name: [c[f.name] for c in candidates] for f in split.candidates.fields}
         if split.context_positions:
             shared = [self._encode_value(name, context[name]) for name in split.context_fields]
-            index[:, split.context_positions] = [i for i, _, _ in shared]
-            value[:, split.context_positions] = [x for _, x, _ in shared]
-            for name, (_, _, count) in zip(split.context_fields, shared, strict=True):
+            index[:, split.context_positions] = [i for i, _, _, _ in shared]
+            value[:, split.context_positions] = [x for _, x, _, _ in shared]
+            for name, (_, _, new, out) in zip(split.context_fields, shared, strict=True):
                 if name in self._categorical:
-                    unseen[name] = count * n
+                    unseen[name] = new * n
+                else:
+                    clipped[name] = out * n
         if split.candidate_positions:
             each = split.candidates.encode(columns)
             index[:, split.candidate_positions] = each.index
             value[:, split.candidate_positions] = each.value
             unseen.update(each.unseen)
-        ordered = {name: unseen[name] for name in self.names if name in unseen}
-        return Batch(index, value, ordered, candidates, context)
+            clipped.update(each.clipped)
+        return Batch(
+            index,
+            value,
+            {name: unseen[name] for name in self.names if name in unseen},
+            {name: clipped[name] for name in self.names if name in clipped},
+            candidates,
+            context,
+        )
 
-    def _encode_value(self, name: str, raw: Any) -> tuple[int, float, int]:
-        """One value through the bundle's encoder, memoised: contexts repeat across requests."""
+    def _encode_value(self, name: str, raw: Any) -> tuple[int, float, int, int]:
+        """One value through the bundle's encoder, memoised: contexts repeat across requests.
+        Its global index, x, and whether it was unseen (categorical) or clipped (numeric, bucket)."""
         key = (name, raw)
         hit = self._values.get(key)
         if hit is None:
@@ -262,6 +274,7 @@ class ServedModel:
                 int(encoded.index[0, 0]),
                 float(encoded.value[0, 0]),
                 encoded.unseen.get(name, 0),
+                encoded.clipped.get(name, 0),
             )
             self._values.put(key, hit, sys.getsizeof(raw) + VALUE_ENTRY_BYTES)
         return hit
@@ -319,17 +332,7 @@ class ServedModel:
 
     def _model_card(self) -> dict[str, Any]:
         manifest = self.bundle.manifest
-        fields = [
-            {
-                "name": f.name,
-                "kind": f.kind,
-                "cardinality": len(f.vocabulary) if isinstance(f, CategoricalField) else None,
-                "examples": f.examples(3)
-                if isinstance(f, CategoricalField)
-                else [round(f.mean, 3)],
-            }
-            for f in self.encoder.fields
-        ]
+        fields = [_field_card(f) for f in self.encoder.fields]
         attention = manifest.global_attention
         return {
             "name": self.name,
@@ -342,6 +345,31 @@ class ServedModel:
             "metrics": manifest.metrics.model_dump() if manifest.metrics else {},
             "global_attention": [a.model_dump() for a in attention] if attention else None,
         }
+
+
+def _field_card(field: CategoricalField | NumericField | BucketField) -> dict[str, Any]:
+    cardinality: int | None
+    examples: list[str] | list[float]
+    if isinstance(field, CategoricalField):
+        cardinality, examples = len(field.vocabulary), field.examples(3)
+    elif isinstance(field, BucketField):
+        cardinality, examples = field.buckets, [round(v, 3) for v in field.representatives()[:3]]
+    else:
+        cardinality, examples = None, [round(field.typical, 3)]
+    return {
+        "name": field.name,
+        "kind": field.kind,
+        "cardinality": cardinality,
+        "examples": examples,
+    }
+
+
+def _warm_up_values(field: CategoricalField | NumericField | BucketField) -> np.ndarray:
+    if isinstance(field, CategoricalField):
+        return np.array([MISSING_VALUE, *field.vocabulary], dtype=object)
+    if isinstance(field, BucketField):
+        return np.array([np.nan, *field.representatives()])  # NaN: the missing slot
+    return np.array(field.representatives())
 
 
 class ModelRuntime:

@@ -32,7 +32,13 @@ from service.errors import (
     validation_details,
 )
 from service.settings import ModelName
-from training.bundle.features import CategoricalField, FeatureEncoder, NumericField
+from training.bundle.features import (
+    STANDARDISED_LIMIT,
+    BucketField,
+    CategoricalField,
+    FeatureEncoder,
+    NumericField,
+)
 
 Value: TypeAlias = str | float
 ROW_LISTS = ("instances", "candidates")
@@ -64,12 +70,19 @@ class RowExplanation(BaseModel):
 
 
 class PredictResponse(BaseModel):
-    """Scores in request order; unseen values per field counted over the scored rows."""
+    """Scores in request order; unseen and clipped values per field counted over the scored rows."""
 
     model: ModelRef
     task: str
     scores: list[float]
-    unknown_values: dict[str, int]
+    unknown_values: dict[str, int] = Field(
+        description="per categorical field, the scored rows whose value was unseen in training"
+    )
+    clipped_values: dict[str, int] | None = Field(
+        default=None,
+        description="per numeric and bucket field, the scored rows whose number lay outside the"
+        " training range and was clipped to it",
+    )
     explanations: list[RowExplanation] | None = None
 
 
@@ -91,7 +104,14 @@ class ExplainResponse(BaseModel):
     bias: float
     linear: list[LinearTerm]
     pairs: list[PairTerm]
-    unknown_values: dict[str, int]
+    unknown_values: dict[str, int] = Field(
+        description="per categorical field, 1 when the row's value was unseen in training"
+    )
+    clipped_values: dict[str, int] | None = Field(
+        default=None,
+        description="per numeric and bucket field, 1 when the row's number lay outside the"
+        " training range and was clipped to it",
+    )
     top_pairs: list[PairTerm] | None = None
 
 
@@ -99,8 +119,8 @@ class FieldInfo(BaseModel):
     """One input field of the model."""
 
     name: str
-    kind: Literal["categorical", "numeric"]
-    cardinality: int | None
+    kind: Literal["categorical", "numeric", "bucket"]
+    cardinality: int | None = Field(description="known values (categorical) or buckets (bucket)")
     examples: list[Value]
 
 
@@ -200,22 +220,50 @@ def parse_reload(body: bytes) -> ReloadRequest:
 _TypedDict: Any = TypedDict
 
 
-def _value_type(field: CategoricalField | NumericField, max_length: int) -> Any:
-    if isinstance(field, NumericField):
-        description = f"numeric, standardised with mean {field.mean:.6g} and std {field.std:.6g}"
+def _value_type(field: CategoricalField | NumericField | BucketField, max_length: int) -> Any:
+    if isinstance(field, CategoricalField):
+        description = (
+            f"categorical, {len(field.vocabulary)} known values; an unseen value is scored "
+            "through the field's out-of-vocabulary slot and counted in `unknown_values`"
+        )
         return Annotated[
-            float,
-            Field(allow_inf_nan=False, examples=[round(field.mean, 3)], description=description),
+            str,
+            StringConstraints(max_length=max_length),
+            Field(examples=field.examples(3), description=description),
         ]
-    description = (
-        f"categorical, {len(field.vocabulary)} known values; an unseen value is scored "
-        "through the field's out-of-vocabulary slot and counted in `unknown_values`"
-    )
     return Annotated[
-        str,
-        StringConstraints(max_length=max_length),
-        Field(examples=field.examples(3), description=description),
+        float,
+        Field(
+            allow_inf_nan=False,
+            examples=[round(v, 3) for v in field.representatives()[:1]],
+            description=_number_description(field),
+        ),
     ]
+
+
+def _number_description(field: NumericField | BucketField) -> str:
+    if field.min is None or field.max is None:
+        within = f"clipped to ±{STANDARDISED_LIMIT:g} standard deviations"
+    else:
+        within = f"clipped to the training range [{field.min:.6g}, {field.max:.6g}]"
+    counted = "; a clipped value is counted in `clipped_values`"
+    if isinstance(field, BucketField):
+        return (
+            f"a number placed in one of {field.buckets} quantile buckets learnt in training;"
+            f" values outside the training range fall in the end buckets" + counted
+            if field.min is not None
+            else f"a number placed in one of {field.buckets} quantile buckets learnt in training"
+        )
+    if field.transform == "log1p":
+        return (
+            "a number, taken as log1p(max(value, 0)) (a value below 0 is clipped to 0), "
+            f"{within}, and standardised with mean {field.mean:.6g} and std {field.std:.6g}"
+            + counted
+        )
+    return (
+        f"numeric, {within} and standardised with mean {field.mean:.6g} and std {field.std:.6g}"
+        + counted
+    )
 
 
 def _rows(item: Any, max_rows: int, description: str) -> Any:

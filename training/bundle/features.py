@@ -6,11 +6,17 @@ encode a row with this very code.
 Global index layout: every field owns a contiguous block of the one embedding table. A categorical
 field's block starts with its OOV slot (unseen, rare and missing values) followed by its vocabulary,
 ordered by training-set frequency (ties by first appearance, so two readers of the same rows agree).
-A numeric field owns one slot whose x_i is the standardised value, as in the paper's real-valued x.
+A numeric field owns one slot whose x_i is the standardised value, as in the paper's real-valued x:
+the value (its log1p under `transform: log1p`, negatives taken as 0) is first clipped to the
+training range [min, max], so x_i is always finite. A bucket field owns one slot per quantile bucket
+learnt in training after a slot for missing values (x_i = 1), and behaves as a categorical field.
+Values that clipping changed are counted per field (`Encoded.clipped`) as unseen categorical values
+are (`Encoded.unseen`).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,7 +25,12 @@ from typing import Annotated, Any, Literal, Self
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, model_validator
 
-FieldKind = Literal["categorical", "numeric"]
+FieldKind = Literal["categorical", "numeric", "log", "bucket"]
+Transform = Literal["none", "log1p"]
+DEFAULT_BUCKETS = 10  # `name:bucket` without a count
+# Bundles without a training range clip the standardised value to this many standard deviations:
+# far beyond any training value, and small enough that the graph's products stay finite in float32.
+STANDARDISED_LIMIT = 1e6
 SMALL_COLUMN = 4096  # up to this many rows, look values up one by one
 MISSING = ""  # readers map nulls of categorical columns to this; it is never a vocabulary entry
 
@@ -31,6 +42,12 @@ class FieldSpec:
     name: str
     kind: FieldKind = "categorical"
     min_count: int = 1  # categorical values seen fewer times in training share the OOV slot
+    buckets: int = DEFAULT_BUCKETS  # bucket: quantile buckets learnt from the training values
+
+    @property
+    def numeric(self) -> bool:
+        """Read as numbers (numeric, log and bucket fields), not as text."""
+        return self.kind != "categorical"
 
 
 @dataclass(frozen=True)
@@ -46,15 +63,21 @@ class FeatureSpec:
 
     @classmethod
     def parse(cls, text: str, label: str = "label") -> FeatureSpec:
-        """Parse `user,item,age:numeric,city:categorical:5` (name[:kind[:min_count]])."""
+        """Parse `user,item,age:numeric,price:log,hour:bucket:4,city:categorical:5`:
+        name[:categorical[:min_count]], name:numeric, name:log or name:bucket[:buckets]."""
         fields = []
         for item in filter(None, (part.strip() for part in text.split(","))):
             name, *rest = item.split(":")
             kind = rest[0] if rest else "categorical"
+            count = int(rest[1]) if len(rest) > 1 else None
             if kind == "categorical":
-                fields.append(FieldSpec(name, "categorical", int(rest[1]) if len(rest) > 1 else 1))
-            elif kind == "numeric":
-                fields.append(FieldSpec(name, "numeric"))
+                fields.append(FieldSpec(name, "categorical", count or 1))
+            elif kind in ("numeric", "log"):
+                fields.append(FieldSpec(name, "numeric" if kind == "numeric" else "log"))
+            elif kind == "bucket":
+                if count is not None and count < 2:
+                    raise ValueError(f"field {name!r}: a bucket field needs at least 2 buckets")
+                fields.append(FieldSpec(name, "bucket", buckets=count or DEFAULT_BUCKETS))
             else:
                 raise ValueError(f"field {name!r}: unknown kind {kind!r}")
         if not fields:
@@ -106,39 +129,199 @@ class CategoricalField(_FieldModel):
 
 
 class NumericField(_FieldModel):
-    """A numeric field: one slot whose x_i is (value - mean) / std."""
+    """A numeric field: one slot whose x_i is (clip(t(value), min, max) - mean) / std, with t the
+    field's transform (log1p of the value with negatives taken as 0, or none)."""
 
     name: str = Field(min_length=1)
     kind: Literal["numeric"]
     offset: NonNegativeInt
-    mean: float = Field(allow_inf_nan=False)
-    std: float = Field(gt=0, allow_inf_nan=False)
+    transform: Transform = Field(
+        default="none", description="log1p: x comes from log1p(max(value, 0)); none: the value"
+    )
+    mean: float = Field(allow_inf_nan=False, description="of the transformed training values")
+    std: float = Field(gt=0, allow_inf_nan=False, description="of the transformed training values")
+    min: float | None = Field(
+        default=None,
+        allow_inf_nan=False,
+        description="the smallest transformed training value: smaller values are clipped to it"
+        " (and counted); without min and max the standardised value is clipped to"
+        f" ±{STANDARDISED_LIMIT:g}",
+    )
+    max: float | None = Field(
+        default=None,
+        allow_inf_nan=False,
+        description="the largest transformed training value: larger values are clipped to it",
+    )
 
     @property
     def size(self) -> int:
         return 1
 
     def examples(self, n: int = 3) -> list[str]:
-        return [f"{self.mean:.3g}"]
+        return [f"{self.typical:.3g}"]
+
+    @property
+    def typical(self) -> float:
+        """A raw value that encodes near the training mean."""
+        return math.expm1(self.mean) if self.transform == "log1p" else self.mean
+
+    def representatives(self) -> list[float]:
+        """Raw values that encode to the training mean, min and max (where the bundle has them)."""
+        ends = [] if self.min is None or self.max is None else [self.min, self.max]
+        values = [self.mean, *ends]
+        return [math.expm1(v) for v in values] if self.transform == "log1p" else values
+
+    @model_validator(mode="after")
+    def _range(self) -> Self:
+        if (self.min is None) != (self.max is None):
+            raise ValueError("min and max go together: give both or neither")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is greater than max {self.max}")
+        if self.transform == "log1p" and self.min is not None and self.min < 0:
+            raise ValueError(f"min {self.min} is below 0, where log1p(max(value, 0)) never is")
+        return self
+
+    def encode_values(self, column: Any) -> tuple[np.ndarray, int]:
+        """x_i of each raw value (float32, finite) and how many values clipping changed."""
+        raw = np.asarray(column, dtype=np.float64)
+        missing = np.isnan(raw)
+        clipped = np.zeros(raw.shape, dtype=bool)
+        with np.errstate(invalid="ignore", over="ignore"):
+            if self.transform == "log1p":
+                clipped |= raw < 0
+                raw = np.log1p(np.maximum(raw, 0.0))
+            if self.min is not None and self.max is not None:
+                clipped |= (raw < self.min) | (raw > self.max)
+                raw = np.clip(raw, self.min, self.max)
+            standardised = (raw - self.mean) / self.std
+            clipped |= np.abs(standardised) > STANDARDISED_LIMIT
+        x = np.clip(standardised, -STANDARDISED_LIMIT, STANDARDISED_LIMIT)
+        x[missing] = 0.0  # a missing value enters as the mean; it is not clipped
+        return x.astype(np.float32), int(np.count_nonzero(clipped & ~missing))
+
+    @classmethod
+    def fitted(cls, name: str, offset: int, column: Any, transform: Transform) -> NumericField:
+        values = np.asarray(column, dtype=np.float64)
+        values = values[np.isfinite(values)]
+        if transform == "log1p":
+            values = np.log1p(np.maximum(values, 0.0))
+        if not values.size:
+            return cls(name=name, kind="numeric", offset=offset, transform=transform, mean=0.0,
+                       std=1.0)  # fmt: skip
+        with np.errstate(over="ignore", invalid="ignore"):
+            mean, std = float(values.mean()), float(values.std())
+        low, high = float(values.min()), float(values.max())
+        return cls(
+            name=name,
+            kind="numeric",
+            offset=offset,
+            transform=transform,
+            mean=mean if math.isfinite(mean) else low / 2 + high / 2,
+            std=std if std > 0 and math.isfinite(std) else 1.0,
+            min=low,
+            max=high,
+        )
 
 
-FittedField = Annotated[CategoricalField | NumericField, Field(discriminator="kind")]
+class BucketField(_FieldModel):
+    """A number placed in a quantile bucket learnt in training: the block holds a slot for missing
+    values (offset) and one slot per bucket after it; bucket b holds cuts[b-1] <= value < cuts[b]
+    (the first bucket everything below cuts[0], the last everything from cuts[-1] up)."""
+
+    name: str = Field(min_length=1)
+    kind: Literal["bucket"]
+    offset: NonNegativeInt = Field(description="first global index of the block: missing values")
+    cuts: list[Annotated[float, Field(allow_inf_nan=False)]] = Field(
+        description="strictly increasing cut points between buckets: len(cuts) + 1 buckets"
+    )
+    min: float | None = Field(
+        default=None,
+        allow_inf_nan=False,
+        description="the smallest training value: smaller values (first bucket) are counted",
+    )
+    max: float | None = Field(
+        default=None,
+        allow_inf_nan=False,
+        description="the largest training value: larger values (last bucket) are counted",
+    )
+
+    @property
+    def size(self) -> int:
+        return len(self.cuts) + 2
+
+    @property
+    def buckets(self) -> int:
+        return len(self.cuts) + 1
+
+    def examples(self, n: int = 3) -> list[str]:
+        return [f"{v:.3g}" for v in self.representatives()[:n]]
+
+    def representatives(self) -> list[float]:
+        """One raw value in each bucket, in bucket order."""
+        if not self.cuts:
+            return [self.min if self.min is not None else 0.0]
+        below = self.min if self.min is not None and self.min < self.cuts[0] else self.cuts[0] - 1
+        return [below, *self.cuts]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if any(b <= a for a, b in itertools.pairwise(self.cuts)):
+            raise ValueError(f"cuts must be strictly increasing, got {self.cuts}")
+        if (self.min is None) != (self.max is None):
+            raise ValueError("min and max go together: give both or neither")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is greater than max {self.max}")
+        return self
+
+    def encode_values(self, column: Any) -> tuple[np.ndarray, int]:
+        """The global index of each raw value and how many lay outside the training range."""
+        raw = np.asarray(column, dtype=np.float64)
+        missing = np.isnan(raw)
+        index = self.offset + 1 + np.searchsorted(np.asarray(self.cuts), raw, side="right")
+        index[missing] = self.offset
+        outside = 0
+        if self.min is not None and self.max is not None:
+            outside = int(np.count_nonzero((raw < self.min) | (raw > self.max)))
+        return index.astype(np.int64), outside
+
+    @classmethod
+    def fitted(cls, name: str, offset: int, column: Any, buckets: int) -> BucketField:
+        values = np.asarray(column, dtype=np.float64)
+        values = values[np.isfinite(values)]
+        if not values.size:
+            return cls(name=name, kind="bucket", offset=offset, cuts=[])
+        quantiles = np.quantile(values, np.linspace(0, 1, buckets + 1)[1:-1])
+        cuts = np.unique(quantiles)  # duplicate cuts (a value repeated across quantiles) collapse
+        return cls(
+            name=name,
+            kind="bucket",
+            offset=offset,
+            cuts=cuts.tolist(),
+            min=float(values.min()),
+            max=float(values.max()),
+        )
+
+
+AnyField = CategoricalField | NumericField | BucketField
+FittedField = Annotated[AnyField, Field(discriminator="kind")]
 
 
 @dataclass
 class Encoded:
-    """Model inputs for N rows of F fields, and how many values per field fell back to OOV."""
+    """Model inputs for N rows of F fields; per categorical field how many values fell back to
+    OOV, per numeric and bucket field how many lay outside the training range (clipped)."""
 
     index: np.ndarray  # (N, F) int64, global indices
-    value: np.ndarray  # (N, F) float32, x_i
+    value: np.ndarray  # (N, F) float32, x_i, always finite
     unseen: dict[str, int]
+    clipped: dict[str, int]
 
 
 @dataclass
 class FeatureEncoder:
     """The fitted fields, in model order."""
 
-    fields: list[CategoricalField | NumericField]
+    fields: list[AnyField]
 
     @property
     def names(self) -> list[str]:
@@ -148,7 +331,7 @@ class FeatureEncoder:
     def num_features(self) -> int:
         return sum(f.size for f in self.fields)
 
-    def field(self, name: str) -> CategoricalField | NumericField:
+    def field(self, name: str) -> AnyField:
         for f in self.fields:
             if f.name == name:
                 return f
@@ -168,24 +351,29 @@ class FeatureEncoder:
             raise TypeError(f"field {name!r} is {f.kind}, not numeric")
         return f
 
+    def bucket(self, name: str) -> BucketField:
+        """The named field, which must be a bucket field."""
+        f = self.field(name)
+        if not isinstance(f, BucketField):
+            raise TypeError(f"field {name!r} is {f.kind}, not bucket")
+        return f
+
     @classmethod
     def fit(cls, spec: FeatureSpec, columns: Mapping[str, Any]) -> FeatureEncoder:
-        """Fit vocabularies and numeric statistics on the training split only."""
-        fitted: list[CategoricalField | NumericField] = []
+        """Fit vocabularies, numeric statistics and buckets on the training split only."""
+        fitted: list[AnyField] = []
         offset = 0
         for fs in spec.fields:
             column = columns[fs.name]
-            ff: CategoricalField | NumericField
+            ff: AnyField
             if fs.kind == "categorical":
                 vocabulary = _fit_vocabulary(np.asarray(column, dtype=str), fs.min_count)
                 ff = CategoricalField.fitted(fs.name, offset, vocabulary)
+            elif fs.kind == "bucket":
+                ff = BucketField.fitted(fs.name, offset, column, fs.buckets)
             else:
-                values = np.asarray(column, dtype=np.float64)
-                values = values[np.isfinite(values)]
-                mean = float(values.mean()) if values.size else 0.0
-                std = float(values.std()) if values.size else 1.0
-                std = std if std > 0 and math.isfinite(std) else 1.0
-                ff = NumericField(name=fs.name, kind="numeric", offset=offset, mean=mean, std=std)
+                transform: Transform = "log1p" if fs.kind == "log" else "none"
+                ff = NumericField.fitted(fs.name, offset, column, transform)
             fitted.append(ff)
             offset += ff.size
         return cls(fitted)
@@ -196,15 +384,16 @@ class FeatureEncoder:
         index = np.empty((n, len(self.fields)), dtype=np.int64)
         value = np.ones((n, len(self.fields)), dtype=np.float32)
         unseen: dict[str, int] = {}
+        clipped: dict[str, int] = {}
         for j, f in enumerate(self.fields):
             if isinstance(f, CategoricalField):
                 index[:, j], unseen[f.name] = _lookup(f, columns[f.name])
+            elif isinstance(f, BucketField):
+                index[:, j], clipped[f.name] = f.encode_values(columns[f.name])
             else:
-                raw = np.asarray(columns[f.name], dtype=np.float64)
-                standardised = (raw - f.mean) / f.std
                 index[:, j] = f.offset
-                value[:, j] = np.where(np.isfinite(standardised), standardised, 0.0)
-        return Encoded(index, value, unseen)
+                value[:, j], clipped[f.name] = f.encode_values(columns[f.name])
+        return Encoded(index, value, unseen, clipped)
 
 
 def _fit_vocabulary(values: np.ndarray, min_count: int) -> list[str]:

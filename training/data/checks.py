@@ -16,9 +16,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from training.bundle.features import FeatureSpec, FieldSpec
+from training.bundle.features import DEFAULT_BUCKETS, FeatureSpec, FieldSpec
 from training.data.splits import Task
 
+KINDS = ("categorical", "numeric", "log", "bucket")  # what --fields declares
 DELIMITERS = ",;\t|"  # what --delimiter may be left to find
 SNIFF_BYTES = 64 * 1024
 # text read as a missing number (pyarrow's CSV reader reads these as null too)
@@ -44,19 +45,24 @@ def parse_fields(text: str, label: str) -> FeatureSpec:
         if not name:
             raise DataError(f"--fields: {item!r} has no column name")
         kind = rest[0] if rest else "categorical"
-        if kind not in ("categorical", "numeric") or len(rest) > (
-            2 if kind == "categorical" else 1
-        ):
+        if kind not in KINDS or len(rest) > (1 if kind in ("numeric", "log") else 2):
             raise DataError(
-                f"--fields: {item!r} is not name[:categorical[:min_count]] or name:numeric"
+                f"--fields: {item!r} is not name[:categorical[:min_count]], name:numeric,"
+                " name:log or name:bucket[:buckets]"
             )
-        min_count = 1
+        count = 1 if kind == "categorical" else DEFAULT_BUCKETS
         if len(rest) == 2:
-            if not rest[1].isdigit() or int(rest[1]) < 1:
-                raise DataError(f"--fields: {item!r}: min_count must be a whole number >= 1")
-            min_count = int(rest[1])
-        fields.append(FieldSpec(name, "categorical", min_count) if kind == "categorical"
-                      else FieldSpec(name, "numeric"))  # fmt: skip
+            least = 1 if kind == "categorical" else 2
+            if not rest[1].isdigit() or int(rest[1]) < least:
+                what = "min_count" if kind == "categorical" else "the number of buckets"
+                raise DataError(f"--fields: {item!r}: {what} must be a whole number >= {least}")
+            count = int(rest[1])
+        if kind == "categorical":
+            fields.append(FieldSpec(name, "categorical", min_count=count))
+        elif kind == "bucket":
+            fields.append(FieldSpec(name, "bucket", buckets=count))
+        else:
+            fields.append(FieldSpec(name, "numeric" if kind == "numeric" else "log"))
     names = [f.name for f in fields]
     twice = sorted(n for n, count in Counter(names).items() if count > 1)
     if twice:
