@@ -21,6 +21,7 @@ from fastapi.responses import Response
 
 from service.admission import Admission
 from service.drain import Drain
+from service.duplicates import predict_keys, refuse_repeated_keys
 from service.errors import (
     BadRequest,
     Forbidden,
@@ -123,6 +124,7 @@ async def predict(
         )
         ticket.check()
         parsed = model.schemas.parse_predict(body)
+        refuse_repeated_keys(body, predict_keys(parsed, body))
         if len(parsed.rows) >= settings.threadpool_min_rows:
             answer = await anyio.to_thread.run_sync(model.predict, parsed)
         else:
