@@ -6,8 +6,8 @@ project's AFM and FM as the trainer builds them (`make_optimizer`'s Adam), and t
 it from the paper (`benchmarks.peers.plain_afm`) with a plain Adam. The limit is a large fp32
 matmul on the same threads; an AFM step costs about P k (t + 2) multiply-adds a row forward and
 twice that backward, so the fraction of the limit is rows/s * 6 P k (t + 2) / (matmul FLOP/s).
-The models are timed in alternation, best of the rounds: on a shared machine the ratios within
-one run mean something, the absolute rows/s little.
+The models take turns, a few steps each, and each one's fastest step counts: on a shared machine
+the ratios within one run mean something, the absolute rows/s little.
 """
 
 from __future__ import annotations
@@ -96,16 +96,17 @@ def steps_for(k: int, t: int, batch_size: int) -> dict[str, Step]:
 def rows_per_second(
     steps: dict[str, Step], batch_size: int, n: int, rounds: int
 ) -> dict[str, float]:
-    """Each contender runs n steps per round, in turn; its best round counts."""
+    """Each contender runs n steps per round, in turn; its fastest step counts (other jobs only
+    ever add time, and taking turns exposes every contender to them alike)."""
     best = dict.fromkeys(steps, 0.0)
     for step in steps.values():
         step(0)  # warm-up
     for _ in range(rounds):
         for name, step in steps.items():
-            started = time.perf_counter()
             for i in range(n):
+                started = time.perf_counter()
                 step(i)
-            best[name] = max(best[name], n * batch_size / (time.perf_counter() - started))
+                best[name] = max(best[name], batch_size / (time.perf_counter() - started))
     return best
 
 
@@ -147,8 +148,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--dims", type=int, nargs="+", default=[64, 256], help="k")
     parser.add_argument("--attention-dims", type=int, nargs="+", default=[8, 64], help="t")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 1024])
-    parser.add_argument("--steps", type=int, default=4, help="steps per round")
-    parser.add_argument("--rounds", type=int, default=6, help="the best round counts")
+    parser.add_argument("--steps", type=int, default=2, help="steps per contender and round")
+    parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--quick", action="store_true", help="t = 8 and batch 256 only")
     args = parser.parse_args(argv)
     if args.quick:

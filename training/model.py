@@ -60,11 +60,12 @@ class PairLogits(torch.autograd.Function):
         g_q    = g_pre W;   g_v_i += g_q ⊙ v_j,   g_v_j += g_q ⊙ v_i  (q = v_i ⊙ v_j)
     """
 
-    CHUNK_FLOATS = 2**18  # about 1 MiB of pair vectors per chunk
+    CHUNK_FLOATS = 2**18  # about 1 MiB of pair vectors per chunk and thread
 
     @staticmethod
     def chunks(v: torch.Tensor, num_pairs: int) -> range:
-        rows = max(1, PairLogits.CHUNK_FLOATS // (num_pairs * v.shape[2]))
+        floats = PairLogits.CHUNK_FLOATS * torch.get_num_threads()  # each op splits over threads
+        rows = max(1, floats // (num_pairs * v.shape[2]))
         return range(0, v.shape[0], rows)
 
     @staticmethod

@@ -226,7 +226,7 @@ def test_forward_and_gradients_match_the_pair_tensor_equations(attention, traini
     model = trained_like(attention=attention, seed=3).train(training)
     model.dropout.p = 0.0  # training mode takes the chunked attention path, without dropout here
     # chunks of 7 rows: the 32 rows end on a partial chunk
-    monkeypatch.setattr(PairLogits, "CHUNK_FLOATS", 7 * 10 * K)
+    monkeypatch.setattr(PairLogits, "CHUNK_FLOATS", 7 * 10 * K // torch.get_num_threads())
     index, value = random_rows(batch=32, seed=2)
     out = model(index, value)
     expected = reference_forward(model, index, value)
@@ -259,7 +259,7 @@ def test_pair_scatter_lays_the_pairs_above_the_diagonal():
 
 
 def test_pair_logits_backward_is_the_derivative_of_its_forward(monkeypatch):
-    monkeypatch.setattr(PairLogits, "CHUNK_FLOATS", 3 * 10 * K)
+    monkeypatch.setattr(PairLogits, "CHUNK_FLOATS", 3 * 10 * K // torch.get_num_threads())
     model = trained_like(seed=4).double()
     index, value = random_rows(batch=8, seed=6)
     v = (model.embedding(index) * value.double().unsqueeze(-1)).detach().requires_grad_()
