@@ -1,4 +1,4 @@
-"""Command line: `python -m training train|evaluate|promote|reproduce` (see `--help` of each).
+"""Command line: `python -m training train|evaluate|predict|promote|reproduce` (see `--help`).
 
 The options are documented in docs/training.md; `--help` gives one line each.
 """
@@ -104,6 +104,34 @@ def build_parser(quick: bool = False) -> argparse.ArgumentParser:
         "--split", choices=["train", "validation", "test", "all"],
         help="rows to score (default: all of --data, else test)",
     )  # fmt: skip
+
+    predict = commands.add_parser(
+        "predict",
+        help="score a CSV or Parquet file into Parquet, streaming, through onnxruntime only",
+        formatter_class=formatter,
+    )
+    predict.add_argument("--bundle", type=Path, required=True, help="bundle folder")
+    predict.add_argument(
+        "--data", type=Path, required=True, metavar="PATH",
+        help="CSV or Parquet file, or a directory of them, with the bundle's fields",
+    )  # fmt: skip
+    predict.add_argument("--out", type=Path, required=True, help="Parquet file to write")
+    predict.add_argument(
+        "--batch-size", type=positive_int, default=8192, help="rows read and scored at a time"
+    )
+    predict.add_argument(
+        "--explain", action="store_true", help="add each row's top pairs by |contribution|"
+    )
+    predict.add_argument(
+        "--top-k", type=positive_int, default=3, help="with --explain: pairs per row"
+    )
+    predict.add_argument(
+        "--keep", action="append", metavar="COLUMN",
+        help="copy this input column into the output (repeatable), e.g. an id",
+    )  # fmt: skip
+    predict.add_argument(
+        "--delimiter", metavar="CHAR", help="CSV delimiter (default: detected among , ; tab |)"
+    )
 
     promote = commands.add_parser(
         "promote",
@@ -333,6 +361,11 @@ def main(argv: list[str] | None = None) -> None:
         commands.train(train_options(args))
     elif args.command == "evaluate":
         commands.evaluate(args.bundle, data_options(args), args.split)
+    elif args.command == "predict":
+        commands.predict(
+            args.bundle, args.data, args.out, args.batch_size, args.explain, args.top_k,
+            tuple(args.keep or ()), args.delimiter,
+        )  # fmt: skip
     elif args.command == "promote":
         commands.promote(args.models_dir, args.name, args.version, args.by)
     else:

@@ -1,6 +1,6 @@
 """The commands: `train` one model and publish its bundle, `evaluate` a bundle without torch,
-`promote` a published version to be served, `reproduce` a recipe (an FM, then an AFM started
-from it).
+`predict` a file's scores without torch, `promote` a published version to be served,
+`reproduce` a recipe (an FM, then an AFM started from it).
 
 Each takes typed values (`TrainOptions`, `DataOptions`, a `Recipe`), not the parsed command line.
 torch is imported where a model is trained, so `evaluate` runs without it.
@@ -476,6 +476,32 @@ def evaluate(bundle_path: Path, data: DataOptions, split: Split | None = None) -
         )
     )
     return result
+
+
+def predict(
+    bundle_path: Path,
+    data: Path,
+    out: Path,
+    batch_size: int = 8192,
+    explain: bool = False,
+    top_k: int = 3,
+    keep: tuple[str, ...] = (),
+    delimiter: str | None = None,
+) -> Path:
+    """Score every row of a CSV or Parquet file or directory into a Parquet file, a batch at a
+    time through onnxruntime (`training.predict`); prints what it did."""
+    from training import predict as scoring
+    from training.data.checks import DataError
+
+    loaded = read_bundle(bundle_path, "--bundle")
+    try:
+        done = scoring.score_file(loaded, data, out, batch_size, explain, top_k, keep, delimiter)
+    except DataError as problem:
+        sys.exit(str(problem))
+    record = {"bundle": str(bundle_path), "data": str(data), "out": str(out)}
+    print(json.dumps({**record, "rows": done.rows, "batches": done.batches,
+                      "unknown_values": done.unknown_values}))  # fmt: skip
+    return out
 
 
 def promote(models_dir: Path, name: str, version: int, by: str | None = None) -> Path:
