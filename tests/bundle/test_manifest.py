@@ -50,6 +50,25 @@ def gap_before_second_field(m: dict[str, Any]) -> None:
         field["vocabulary"] = {v: i + 1 for v, i in field["vocabulary"].items()}
 
 
+def numeric_field(m: dict[str, Any]) -> dict[str, Any]:
+    return next(f for f in m["fields"] if f["kind"] == "numeric")
+
+
+def as_bucket(cuts: list[float], grow: bool = True) -> Callable[[dict[str, Any]], None]:
+    """The numeric field made a bucket field with these cuts; `grow` widens num_features (and the
+    graph's config) to its block, else the block no longer tiles num_features."""
+
+    def change(m: dict[str, Any]) -> None:
+        field = numeric_field(m)
+        offset = field["offset"]
+        field.clear()
+        field.update(name="price", kind="bucket", offset=offset, cuts=cuts)
+        if grow:
+            m["num_features"] += len(cuts) + 1
+
+    return change
+
+
 CASES: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("a required key missing", lambda m: m.pop("bias"), r"bias: Field required"),
     ("an unknown key", lambda m: m.update(colour="red"), r"colour: Extra inputs"),
@@ -58,6 +77,12 @@ CASES: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ("an unknown field kind", lambda m: m["fields"][0].update(kind="text"), r"fields\.0: Input tag"),
     ("a vocabulary index outside its block", out_of_block, r"vocabulary indices must be"),
     ("a numeric std of zero", lambda m: m["fields"][-1].update(std=0.0), r"std: Input should be greater"),
+    ("a numeric min above its max", lambda m: numeric_field(m).update(min=2.0, max=1.0), r"fields\.\d+\.numeric: .*min 2\.0 is greater than max 1\.0"),
+    ("a numeric min without a max", lambda m: numeric_field(m).pop("max"), r"min and max go together"),
+    ("an unknown numeric transform", lambda m: numeric_field(m).update(transform="sqrt"), r"transform: Input should be"),
+    ("bucket cuts that are not increasing", as_bucket([1.0, 3.0, 2.0]), r"fields\.\d+\.bucket: .*cuts must be strictly increasing"),
+    ("bucket cuts that repeat", as_bucket([1.0, 1.0]), r"cuts must be strictly increasing"),
+    ("a bucket block that does not tile num_features", as_bucket([1.0, 2.0], grow=False), r"num_features is \d+, the fields fill"),
     ("offsets that leave a gap", gap_before_second_field, r"starts at"),
     ("a repeated field", lambda m: m["fields"][1].update(name=m["fields"][0]["name"]), r"field names repeat"),
     ("pairs out of order", lambda m: m["pairs"].reverse(), r"pairs are not the field pairs"),
@@ -73,6 +98,14 @@ def test_a_manifest_that_violates_its_definition_is_refused_by_name(
     rewrite(broken, change)
     with pytest.raises(BundleError, match=reason):
         bundle.read(broken)
+
+
+def test_a_bucket_field_whose_block_tiles_num_features_is_read(broken: Path) -> None:
+    rewrite(broken, as_bucket([1.0, 2.0]))
+    manifest = bundle.read(broken).manifest
+    price = manifest.encoder.bucket("price")
+    assert (price.buckets, price.size) == (3, 4)
+    assert manifest.encoder.num_features == manifest.num_features == price.offset + 4
 
 
 def test_a_published_bundle_reads_back_to_the_same_manifest(tiny_bundle: Path) -> None:
