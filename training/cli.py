@@ -252,6 +252,10 @@ def add_train_options(train: argparse.ArgumentParser) -> None:
         help="a published bundle to start from (an FM's: the paper's pre-training)",
     )  # fmt: skip
     train.add_argument(
+        "--warm-start", type=Path, metavar="BUNDLE",
+        help="continue a published model on new rows of its fields, vocabularies grown",
+    )  # fmt: skip
+    train.add_argument(
         "--freeze-embeddings", action="store_true",
         help="with --init-from: keep w0, w and v fixed; learn the attention network and p",
     )  # fmt: skip

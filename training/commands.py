@@ -80,6 +80,7 @@ class TrainOptions:
     device: str = "cpu"
     threads: int = 0  # 0: PyTorch's default
     init_from: Path | None = None  # a published bundle whose weights start this model
+    warm_start: Path | None = None  # a published bundle continued on this data, vocabularies grown
     freeze_embeddings: bool = False
     fm_start: Literal["exact", "authors"] = "exact"
 
@@ -256,7 +257,8 @@ def require_device(name: str) -> None:
 
 
 def train(options: TrainOptions) -> Path:
-    """Train one model (from scratch, or from `init_from`'s weights) and publish its bundle."""
+    """Train one model (from scratch, from `init_from`'s weights, or continuing `warm_start` on
+    new rows) and publish its bundle."""
     import torch
 
     from training import export, metrics, plots
@@ -273,9 +275,37 @@ def train(options: TrainOptions) -> Path:
     torch.manual_seed(data.seed)
     started = time.perf_counter()
     start = read_bundle(options.init_from, "--init-from") if options.init_from else None
+    parent = read_bundle(options.warm_start, "--warm-start") if options.warm_start else None
+    if parent is not None:
+        if start is not None or options.freeze_embeddings:
+            sys.exit("--warm-start continues a model: not with --init-from or --freeze-embeddings")
+        if parent.task != data.task:
+            sys.exit(f"--warm-start: that bundle was trained for --task {parent.task}")
+        if data.dataset == "files":
+            data = bundle_data(parent.manifest, data)
     splits = load_splits(data)
     init = None
-    if start is not None:
+    warm = None
+    if parent is not None:
+        from training import warm_start
+
+        require_same_fields(parent.encoder.names, splits.spec.names, "--warm-start")
+        try:
+            grown = warm_start.grow_encoder(
+                parent.encoder, FeatureEncoder.fit(splits.spec, splits.train.columns)
+            )
+        except ValueError as problem:
+            sys.exit(f"--warm-start: {problem}")
+        try:
+            warm = warm_start.start_model(
+                export.load_checkpoint(parent.path), grown, options.dropout
+            )
+        except FileNotFoundError:
+            sys.exit(f"--warm-start: {parent.path} has no checkpoint.pt, so no weights to go on")
+        encoder = grown.encoder
+        new = ", ".join(f"{n} {k:,}" for n, k in grown.added.items() if k) or "none"
+        print(f"warm start from {parent.name}/{parent.version}: new values {new}", flush=True)
+    elif start is not None:
         init = read_checkpoint(start.path)
         require_same_fields(start.encoder.names, splits.spec.names, "--init-from")
         require_same_data(start.manifest, splits, data.task)
@@ -291,7 +321,7 @@ def train(options: TrainOptions) -> Path:
         tensors(t) for t in (splits.train, splits.validation, splits.test)
     )
     source = Path(data.data).stem if data.data is not None else splits.name
-    name = options.name or f"{source}-{options.model}"
+    name = options.name or (parent.name if parent else f"{source}-{options.model}")
     batch_size = options.batch_size or auto_batch_size(len(train_data))
     if options.batch_size is None:
         steps = math.ceil(len(train_data) / batch_size)
@@ -302,7 +332,7 @@ def train(options: TrainOptions) -> Path:
         )
     if options.batch_norm and options.model != "fm":
         sys.exit("--batch-norm is for --model fm (AFM has none)")
-    model = AFM(
+    model = warm or AFM(
         AFMConfig(
             encoder.num_features,
             len(encoder.fields),
@@ -313,7 +343,8 @@ def train(options: TrainOptions) -> Path:
             options.batch_norm,
         )
     )
-    model.init_bias(float(splits.train.label.mean()), data.task)
+    if warm is None:
+        model.init_bias(float(splits.train.label.mean()), data.task)
     if init is not None:
         if (
             init.config.num_features != encoder.num_features
@@ -338,7 +369,8 @@ def train(options: TrainOptions) -> Path:
     )  # fmt: skip
 
     # a model started from a trained one is published as that start if no epoch beats it
-    history = fit(model, train_data, valid_data, cfg, name, start_is_candidate=init is not None)
+    started_from = init is not None or warm is not None
+    history = fit(model, train_data, valid_data, cfg, name, start_is_candidate=started_from)
     model.cpu()
     test_metrics = evaluate(model, test_data, TrainConfig(**{**cfg.to_dict(), "device": "cpu"}))
     print(f"{name} test: " + "  ".join(f"{k} {v:.4f}" for k, v in test_metrics.items()), flush=True)
@@ -358,6 +390,8 @@ def train(options: TrainOptions) -> Path:
             **cfg.to_dict(), "batch_norm": options.batch_norm,  # fit folds it away
             "fm_start": options.fm_start if init is not None else None,  # only a started AFM has one
             "init_from": str(options.init_from) if options.init_from else None,
+            "parent": {"name": parent.name, "version": parent.version,
+                       "sha256": parent.manifest.sha256} if parent else None,
         },
         "data": {
             "dataset": splits.name, "fingerprint": splits.fingerprint,
@@ -383,7 +417,7 @@ def train(options: TrainOptions) -> Path:
     )
     print(f"published {path}", flush=True)
     print(
-        summary(history, cfg.epochs, cfg.patience, metric, test_metrics, path, init is not None),
+        summary(history, cfg.epochs, cfg.patience, metric, test_metrics, path, started_from),
         flush=True,
     )
     print(f"done in {time.perf_counter() - started:.0f}s", flush=True)

@@ -91,6 +91,14 @@ class NetworkConfig(_Model):
     batch_norm: bool
 
 
+class Parent(_Model):
+    """The published model a warm start continued (`train --warm-start`)."""
+
+    name: str = Field(min_length=1)
+    version: PositiveInt
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of its model.onnx")
+
+
 class TrainingConfig(_Model):
     """How the model was trained (training.trainer.TrainConfig and the start it came from)."""
 
@@ -113,6 +121,9 @@ class TrainingConfig(_Model):
         default=None, description="how an AFM started from an FM bundle took its weights"
     )
     init_from: str | None = Field(default=None, description="the bundle this model started from")
+    parent: Parent | None = Field(
+        default=None, description="the model this one continues on new rows (--warm-start)"
+    )
 
 
 class Metrics(_Model):
