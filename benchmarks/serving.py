@@ -168,7 +168,7 @@ def ranking_request(encoder: FeatureEncoder, candidates: int) -> dict[str, Any]:
         if isinstance(f, CategoricalField):
             context[f.name] = next(iter(f.vocabulary))  # the most frequent value
         else:
-            context[f.name] = round(f.mean, 2)
+            context[f.name] = round(f.representatives()[0], 2)  # the mean or a bucket
     items = list(encoder.field(item).examples(n=candidates))
     if len(items) < candidates:
         items += [f"unseen-{i}" for i in range(candidates - len(items))]
