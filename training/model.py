@@ -75,12 +75,12 @@ class PairLogits(torch.autograd.Function):
     ) -> torch.Tensor:  # fmt: skip
         ctx.save_for_backward(v, i, j, w, b, h)
         logits = v.new_empty(v.shape[0], len(i))  # (B, P)
-        step = PairLogits.chunks(v, len(i)).step
-        for start in PairLogits.chunks(v, len(i)):
-            rows = v[start : start + step]  # (r, F, k)
+        chunks = PairLogits.chunks(v, len(i))
+        for start in chunks:
+            rows = v[start : start + chunks.step]  # (r, F, k)
             q = (rows.index_select(1, i) * rows.index_select(1, j)).flatten(0, 1)  # (r P, k)
             hidden = torch.relu(torch.addmm(b, q, w.t()))  # (r P, t)
-            logits[start : start + step] = (hidden @ h).view(-1, len(i))
+            logits[start : start + chunks.step] = (hidden @ h).view(-1, len(i))
         return logits
 
     @staticmethod
@@ -88,22 +88,23 @@ class PairLogits(torch.autograd.Function):
         v, i, j, w, b, h = ctx.saved_tensors
         grad_v, grad_w = torch.zeros_like(v), torch.zeros_like(w)
         grad_b, grad_h = torch.zeros_like(b), torch.zeros_like(h)
-        step = PairLogits.chunks(v, len(i)).step
-        for start in PairLogits.chunks(v, len(i)):
-            rows = v[start : start + step]  # (r, F, k)
+        chunks = PairLogits.chunks(v, len(i))
+        for start in chunks:
+            rows = v[start : start + chunks.step]  # (r, F, k)
             v_i, v_j = rows.index_select(1, i), rows.index_select(1, j)  # (r, P, k)
             q = (v_i * v_j).flatten(0, 1)  # (r P, k)
             pre = torch.addmm(b, q, w.t())  # (r P, t)
-            g_logit = grad[start : start + step].reshape(-1, 1)  # (r P, 1)
+            g_logit = grad[start : start + chunks.step].reshape(-1, 1)  # (r P, 1)
             grad_h += (pre.relu() * g_logit).sum(0)
             g_pre = (g_logit * h) * (pre > 0)  # (r P, t)
             grad_w.addmm_(g_pre.t(), q)
             grad_b += g_pre.sum(0)
-            g_q = (g_pre @ w).view_as(v_i)  # (r, P, k)
-            grad_rows = grad_v[start : start + step]
-            grad_rows.index_add_(1, i, g_q * v_j)
-            grad_rows.index_add_(1, j, g_q * v_i)
-        return grad_v, None, None, grad_w, grad_b, grad_h
+            if ctx.needs_input_grad[0]:  # not when v is frozen (freeze_fm_parameters)
+                g_q = (g_pre @ w).view_as(v_i)  # (r, P, k)
+                grad_rows = grad_v[start : start + chunks.step]
+                grad_rows.index_add_(1, i, g_q * v_j)
+                grad_rows.index_add_(1, j, g_q * v_i)
+        return grad_v if ctx.needs_input_grad[0] else None, None, None, grad_w, grad_b, grad_h
 
 
 class AFM(nn.Module):

@@ -270,3 +270,16 @@ def test_pair_logits_backward_is_the_derivative_of_its_forward(monkeypatch):
         return out
 
     assert torch.autograd.gradcheck(logits, (v, w, b, h))
+
+
+def test_frozen_embeddings_train_only_the_attention_network_and_p():
+    model = trained_like(seed=7).train()
+    model.freeze_fm_parameters()
+    before = model.embedding.weight.detach().clone()
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    index, value = random_rows(seed=8)
+    model(index, value).raw.pow(2).mean().backward()
+    optimizer.step()
+    assert model.embedding.weight.grad is None
+    assert torch.equal(model.embedding.weight, before)
+    assert model.attention_w.weight.grad is not None and model.attention_h.grad is not None
