@@ -225,7 +225,7 @@ def reference_forward(
 def test_forward_and_gradients_match_the_pair_tensor_equations(attention, training, monkeypatch):
     model = trained_like(attention=attention, seed=3).train(training)
     model.dropout.p = 0.0  # training mode takes the chunked attention path, without dropout here
-    # chunks of 7 rows: the 32 rows end on a partial chunk
+    # chunks of 7 rows: the 32 rows take the chunked path and end on a partial chunk
     monkeypatch.setattr(PairLogits, "CHUNK_FLOATS", 7 * 10 * K // torch.get_num_threads())
     index, value = random_rows(batch=32, seed=2)
     out = model(index, value)
@@ -272,12 +272,15 @@ def test_pair_logits_backward_is_the_derivative_of_its_forward(monkeypatch):
     assert torch.autograd.gradcheck(logits, (v, w, b, h))
 
 
-def test_frozen_embeddings_train_only_the_attention_network_and_p():
+def test_frozen_embeddings_train_only_the_attention_network_and_p(monkeypatch):
+    # 16 rows in chunks of 2: the chunked path, with no gradient for v
+    monkeypatch.setattr(PairLogits, "CHUNK_FLOATS", 2 * 10 * K // torch.get_num_threads())
     model = trained_like(seed=7).train()
     model.freeze_fm_parameters()
     before = model.embedding.weight.detach().clone()
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.1)
     index, value = random_rows(seed=8)
+    assert PairLogits.pays(model.embedding(index), 10)
     model(index, value).raw.pow(2).mean().backward()
     optimizer.step()
     assert model.embedding.weight.grad is None
