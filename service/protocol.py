@@ -5,8 +5,7 @@
   byte; later is a 408.
 - Requests the parser refuses are a 400.
 
-Each of these answers in the one error shape and closes the connection. At shutdown a connection
-finishes the requests it has already read (pipelined ones too) before it closes.
+Each of these answers in the one error shape and closes the connection.
 """
 
 from __future__ import annotations
@@ -73,12 +72,6 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         self.refuse(BadRequest("the request is not valid HTTP/1.1", [("request", msg)]))
-
-    def shutdown(self) -> None:
-        if self.pipeline:
-            self.pipeline[0][0].keep_alive = False
-        else:
-            super().shutdown()
 
     def refuse(self, error: ServiceError) -> None:
         """Answer `error` in the one error shape, outside any request, and close."""

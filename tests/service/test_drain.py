@@ -4,6 +4,7 @@ served with `Connection: close`), then the process stops and exits 0."""
 from __future__ import annotations
 
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -46,6 +47,29 @@ def test_sigint_stops_without_draining(models_dir: Path, tmp_path: Path) -> None
     server = start_server(models_dir, tmp_path, AFM_DRAIN_SECONDS="600")
     try:
         server.process.send_signal(signal.SIGINT)
+        assert server.process.wait(timeout=30) == 0
+    finally:
+        stop_server(server)
+
+
+def test_shutdown_finishes_the_requests_a_connection_has_sent(
+    models_dir: Path, tmp_path: Path
+) -> None:
+    server = start_server(
+        models_dir, tmp_path, AFM_DRAIN_SECONDS="0", AFM_AUTH_FAILURE_DELAY_SECONDS="2"
+    )
+    try:
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as raw:
+            slow = b"POST /admin/reload HTTP/1.1\r\nHost: x\r\nX-API-Key: wrong\r\n\r\n"
+            raw.sendall(slow + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            time.sleep(0.5)
+            server.process.send_signal(signal.SIGTERM)
+            answers = b""
+            while chunk := raw.recv(65536):
+                answers += chunk
+        assert answers.startswith(b"HTTP/1.1 401 ")
+        assert answers.count(b"HTTP/1.1 200 OK") == 1 and answers.endswith(b'{"status":"ok"}')
         assert server.process.wait(timeout=30) == 0
     finally:
         stop_server(server)
