@@ -28,8 +28,9 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, model_validat
 FieldKind = Literal["categorical", "numeric", "log", "bucket"]
 Transform = Literal["none", "log1p"]
 DEFAULT_BUCKETS = 10  # `name:bucket` without a count
-# Bundles without a training range clip the standardised value to this many standard deviations:
-# far beyond any training value, and small enough that the graph's products stay finite in float32.
+# Every standardised value is clipped to this many standard deviations, the one bound of a numeric
+# field without a training range (min, max): far beyond any training value, and small enough that
+# the graph's products stay finite in float32.
 STANDARDISED_LIMIT = 1e6
 SMALL_COLUMN = 4096  # up to this many rows, look values up one by one
 MISSING = ""  # readers map nulls of categorical columns to this; it is never a vocabulary entry
