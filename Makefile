@@ -13,7 +13,7 @@ MODELS ?= models
 
 help:
 	@echo "make run        train the embedded demo AFM, export its bundle, serve it on $(HOST):$(PORT)"
-	@echo "make serve      serve the newest bundle in $(MODELS)/ without training"
+	@echo "make serve      serve a bundle in $(MODELS)/ without training (MODEL=name: promoted, else newest)"
 	@echo "make test       the test suite with coverage, failing below the floor (what CI runs)"
 	@echo "make lint       ruff check, ruff format --check, mypy (strict)"
 	@echo "make bench      serving and training benchmarks (results in BENCHMARKS.md)"
