@@ -6,7 +6,7 @@
 #            docker build --network host --target train -t afm-train .
 #
 # Both take their settings from the environment (AFM_*; README.md, section Docker). The service
-# serves AFM_MODEL_NAME from AFM_MODELS_DIR (/models; without a name: the only or newest model).
+# serves AFM_MODEL_NAME from AFM_MODELS_DIR (/models; without a name: the only model there).
 #
 # Torch for the train target: pip looks in deploy/wheels/ first (an ignored folder: put a torch
 # wheel there to build offline or to avoid PyPI's multi-GB CUDA build; deploy/docker-test.sh copies

@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--models-dir", type=Path, help="directory of <name>/<version>/ bundles (AFM_MODELS_DIR)"
     )
     parser.add_argument(
-        "--model-name", help="model to serve (AFM_MODEL_NAME, default: the only or newest)"
+        "--model-name", help="model to serve (AFM_MODEL_NAME, default: the only one)"
     )
     parser.add_argument(
         "--model-version", type=int, help="version to serve (AFM_MODEL_VERSION, default: newest)"

@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     """Directory holding bundles as `<name>/<version>/` (DESIGN.md, contract 1)."""
 
     model_name: ModelName | None = None
-    """Model to serve; by default the only one in `models_dir`, or the most recently published."""
+    """Model to serve; by default the only one in `models_dir` (with several, one must be named)."""
 
     model_version: Annotated[int, Field(ge=1)] | None = None
     """Version to serve at start; by default the newest published version."""
