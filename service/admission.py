@@ -3,20 +3,27 @@ deadline.
 
 A request takes a place when one is free, waits for one while fewer than `max_queued` wait, and
 is refused at once (503 `overloaded`) otherwise. A request still waiting at its deadline, or
-whose deadline passed while its body arrived, is refused instead of computed. The probes and
-`/metrics` never pass through here.
+whose deadline passed while its body arrived, is refused instead of computed. The gate is an ASGI
+middleware, so a refusal costs no routing and no body; the probes, `/model` and `/metrics` never
+pass through it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+from starlette.types import ASGIApp, Receive, Scope, Send
+
 from service.errors import Overloaded
 from service.metrics import ServiceMetrics
+from service.responses import OrjsonResponse
+
+GATED = (("POST", "/predict"), ("GET", "/explain"))
+TICKET = "afm.ticket"
 
 
 @dataclass
@@ -54,6 +61,15 @@ class Admission:
     @asynccontextmanager
     async def admit(self) -> AsyncIterator[Ticket]:
         """Hold a place for the block; Overloaded when none is free in time."""
+        ticket = await self.enter()
+        try:
+            yield ticket
+        finally:
+            self.leave()
+
+    async def enter(self) -> Ticket:
+        """Take a place, waiting for one if the queue has room; Overloaded when none is free in
+        time. Every ticket returned is given back with `leave()`."""
         ticket = Ticket(time.monotonic() + self.deadline_seconds, self)
         places = self._places
         if places is None:
@@ -64,11 +80,12 @@ class Admission:
             await places.acquire()
         self.in_flight += 1
         self.metrics.admission.labels("admitted").inc()
-        try:
-            yield ticket
-        finally:
-            self.in_flight -= 1
-            places.release()
+        return ticket
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        assert self._places is not None
+        self._places.release()
 
     async def _wait(self, places: asyncio.Semaphore, ticket: Ticket) -> None:
         if self.queued >= self.max_queued:
@@ -92,3 +109,38 @@ class Admission:
             "the request waited past its deadline and was not computed; try again",
             [("request", f"waited more than {self.deadline_seconds:g} s")],
         )
+
+
+@dataclass(frozen=True)
+class _GatedRoute:
+    path: str
+
+
+class AdmissionGate:
+    """ASGI middleware: a gated request holds a place while the app handles it, its ticket in
+    `scope["afm.ticket"]`; a refused one is answered here, before routing or reading its body."""
+
+    def __init__(
+        self, app: ASGIApp, admission: Admission, gated: Collection[tuple[str, str]] = GATED
+    ) -> None:
+        self.app = app
+        self.admission = admission
+        self.routes = {key: _GatedRoute(key[1]) for key in gated}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = self.routes.get((scope.get("method", ""), scope.get("path", "")))
+        if route is None:
+            await self.app(scope, receive, send)
+            return
+        try:
+            ticket = await self.admission.enter()
+        except Overloaded as refusal:
+            scope["route"] = route
+            response = OrjsonResponse(refusal.body(), 503, headers={"Retry-After": "1"})
+            await response(scope, receive, send)
+            return
+        scope[TICKET] = ticket
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.admission.leave()

@@ -19,7 +19,7 @@ import anyio.to_thread
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.responses import Response
 
-from service.admission import Admission
+from service.admission import TICKET, Admission, AdmissionGate, Ticket
 from service.drain import Drain
 from service.duplicates import predict_keys, refuse_repeated_keys
 from service.errors import (
@@ -88,9 +88,9 @@ async def get_model(runtime: Annotated[ModelRuntime, Depends(get_runtime)]) -> S
     return runtime.model
 
 
-async def get_admission(request: Request) -> Admission:
-    admission: Admission = request.app.state.admission
-    return admission
+async def get_ticket(request: Request) -> Ticket:
+    ticket: Ticket = request.scope[TICKET]
+    return ticket
 
 
 async def get_drain(request: Request) -> Drain:
@@ -102,7 +102,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 RuntimeDep = Annotated[ModelRuntime, Depends(get_runtime)]
 MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
 ModelDep = Annotated[ServedModel, Depends(get_model)]
-AdmissionDep = Annotated[Admission, Depends(get_admission)]
+TicketDep = Annotated[Ticket, Depends(get_ticket)]
 DrainDep = Annotated[Drain, Depends(get_drain)]
 
 router = APIRouter()
@@ -115,20 +115,19 @@ router = APIRouter()
     summary="Score rows: instances, or a context with candidates",
 )
 async def predict(
-    request: Request, model: ModelDep, settings: SettingsDep, admission: AdmissionDep
+    request: Request, model: ModelDep, settings: SettingsDep, ticket: TicketDep
 ) -> Response:
     """`{"instances": [...]}` or `{"context": {...}, "candidates": [...]}`; scores in order."""
-    async with admission.admit() as ticket:
-        body = await read_json_body(
-            request, settings.max_body_bytes, timeout=settings.body_timeout_seconds
-        )
-        ticket.check()
-        parsed = model.schemas.parse_predict(body)
-        refuse_repeated_keys(body, predict_keys(parsed, body))
-        if len(parsed.rows) >= settings.threadpool_min_rows:
-            answer = await anyio.to_thread.run_sync(model.predict, parsed)
-        else:
-            answer = model.predict(parsed)
+    body = await read_json_body(
+        request, settings.max_body_bytes, timeout=settings.body_timeout_seconds
+    )
+    ticket.check()
+    parsed = model.schemas.parse_predict(body)
+    refuse_repeated_keys(body, predict_keys(parsed, body))
+    if len(parsed.rows) >= settings.threadpool_min_rows:
+        answer = await anyio.to_thread.run_sync(model.predict, parsed)
+    else:
+        answer = model.predict(parsed)
     return OrjsonResponse(answer)
 
 
@@ -141,16 +140,14 @@ async def predict(
 async def explain(
     request: Request,
     model: ModelDep,
-    admission: AdmissionDep,
     top_k: Annotated[
         int | None,
         Query(ge=1, description="add `top_pairs`: the k pairs of largest |contribution|"),
     ] = None,
 ) -> Response:
     """One row as query parameters `field=value`; every pair, sorted by |contribution|."""
-    async with admission.admit():
-        row = model.schemas.parse_explain_query(request.query_params.multi_items(), top_k)
-        return OrjsonResponse(model.explain(row, top_k))
+    row = model.schemas.parse_explain_query(request.query_params.multi_items(), top_k)
+    return OrjsonResponse(model.explain(row, top_k))
 
 
 @router.get("/model", response_model=ModelInfo, responses=ERRORS, summary="The served model")
@@ -288,13 +285,14 @@ def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = 
     app.state.settings = settings
     app.state.runtime = runtime
     app.state.metrics = metrics
-    app.state.admission = Admission(
+    admission = Admission(
         settings.max_in_flight, settings.max_queued, settings.request_deadline_seconds, metrics
     )
     app.state.drain = Drain()
     metrics.watch_caches(runtime.memo_stats)
     app.include_router(router)
     install_handlers(app)
+    app.add_middleware(AdmissionGate, admission=admission)
     app.add_middleware(
         RequestContext,
         metrics=metrics,
