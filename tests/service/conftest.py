@@ -141,6 +141,15 @@ def server(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 @pytest.fixture()
+def servers() -> Iterator[list[Server]]:
+    """Servers a test starts, stopped however it ends."""
+    started: list[Server] = []
+    yield started
+    for server in started:
+        stop_server(server)
+
+
+@pytest.fixture()
 def client(server: Server) -> Iterator[AFMClient]:
     with server.client(api_key=API_KEY) as afm:
         yield afm

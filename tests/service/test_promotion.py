@@ -6,24 +6,15 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from service.client import AFMClient, AFMError
-from tests.service.conftest import API_KEY, Server, publish_copy, start_server, stop_server
+from tests.service.conftest import API_KEY, Server, publish_copy, start_server
 from tests.service.test_reload import NAME, assert_no_server_secrets, broken_copy
 from training import bundle
-
-
-@pytest.fixture()
-def servers() -> Iterator[list[Server]]:
-    started: list[Server] = []
-    yield started
-    for server in started:
-        stop_server(server)
 
 
 @pytest.fixture()

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -23,18 +22,8 @@ from tests.service.conftest import (
     Server,
     blocked_torch_env,
     start_server,
-    stop_server,
 )
 from tests.service.test_reload import NAME, assert_no_server_secrets, broken_copy
-
-
-@pytest.fixture()
-def servers() -> Iterator[list[Server]]:
-    """Servers a test starts, stopped however it ends."""
-    started: list[Server] = []
-    yield started
-    for server in started:
-        stop_server(server)
 
 
 def not_ready_body(server: Server) -> dict[str, object]:
