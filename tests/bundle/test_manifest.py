@@ -56,7 +56,7 @@ def numeric_field(m: dict[str, Any]) -> dict[str, Any]:
 
 def as_bucket(cuts: list[float], grow: bool = True) -> Callable[[dict[str, Any]], None]:
     """The numeric field made a bucket field with these cuts; `grow` widens num_features (and the
-    graph's config) to its block, else the block no longer tiles num_features."""
+    graph's config) to its block, else the block does not tile num_features."""
 
     def change(m: dict[str, Any]) -> None:
         field = numeric_field(m)
