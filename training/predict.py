@@ -24,14 +24,12 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from training.bundle import Bundle
-from training.bundle.features import MISSING
 from training.data.checks import (
     DataError,
     delimiter_of,
     header_columns,
-    numbers_of,
+    raw_columns,
     require_columns,
-    text_of,
 )
 from training.data.files import PARQUET, source_files
 
@@ -88,15 +86,8 @@ def record_batches(
 
 def feature_columns(bundle: Bundle, file: Path, batch: pa.RecordBatch) -> dict[str, np.ndarray]:
     """Raw values per field as the encoder takes them: text, or float64 with NaN for missing."""
-    columns: dict[str, np.ndarray] = {}
-    for f in bundle.encoder.fields:
-        column = batch.column(f.name)
-        if f.kind == "categorical":
-            text = text_of(column)
-            columns[f.name] = np.where(text == "", MISSING, text)
-        else:
-            columns[f.name] = numbers_of(file, f.name, column, "numeric field of the bundle")
-    return columns
+    fields = [(f.name, f.kind) for f in bundle.encoder.fields]
+    return raw_columns(file, fields, batch, "numeric field of the bundle")
 
 
 def score_file(

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from training.bundle.features import DEFAULT_BUCKETS, FeatureSpec, FieldSpec
+from training.bundle.features import DEFAULT_BUCKETS, MISSING, FeatureSpec, FieldSpec
 from training.data.splits import Task
 
 KINDS = ("categorical", "numeric", "log", "bucket")  # what --fields declares
@@ -143,6 +143,25 @@ def text_of(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """A column as stripped text, nulls as ''."""
     text = pc.fill_null(pc.cast(values, pa.string()), "")
     return np.char.strip(np.asarray(text.to_numpy(zero_copy_only=False), dtype=str))
+
+
+def raw_columns(
+    path: Path,
+    fields: Iterable[tuple[str, str]],
+    table: pa.Table | pa.RecordBatch,
+    role: str,
+) -> dict[str, np.ndarray]:
+    """Raw values per (name, kind) field as the encoder takes them: categorical text with
+    missing values as MISSING, every other kind float64 with NaN for missing."""
+    columns: dict[str, np.ndarray] = {}
+    for name, kind in fields:
+        column = table.column(name)
+        if kind == "categorical":
+            text = text_of(column)
+            columns[name] = np.where(text == "", MISSING, text)
+        else:
+            columns[name] = numbers_of(path, name, column, role)
+    return columns
 
 
 def numbers_of(

@@ -12,14 +12,14 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from training.bundle.features import MISSING, FeatureSpec
+from training.bundle.features import FeatureSpec
 from training.data.checks import (
     DataError,
     counts,
     delimiter_of,
     header_columns,
     label_values,
-    numbers_of,
+    raw_columns,
     require_columns,
     text_of,
     warn_many_values,
@@ -104,14 +104,8 @@ def read_checked(
             raise DataError(f"{path}: {error}") from error
     if arrow.num_rows == 0:
         raise DataError(f"{path} has a header but no rows")
-    columns: dict[str, np.ndarray] = {}
-    for f in spec.fields:
-        column = arrow.column(f.name)
-        if f.kind == "categorical":
-            text = text_of(column)
-            columns[f.name] = np.where(text == "", MISSING, text)
-        else:
-            columns[f.name] = numbers_of(path, f.name, column, "numeric field in --fields")
+    fields = [(f.name, f.kind) for f in spec.fields]
+    columns = raw_columns(path, fields, arrow, "numeric field in --fields")
     label = label_values(path, spec.label, arrow.column(spec.label), task, positive_label)
     order = None if order_by is None else order_key(path, order_by, arrow.column(order_by))
     return Table(columns, label), order
