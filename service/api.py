@@ -21,7 +21,6 @@ from fastapi.responses import Response
 
 from service.admission import TICKET, Admission, AdmissionGate, Ticket
 from service.drain import Drain
-from service.duplicates import predict_keys, refuse_repeated_keys
 from service.errors import (
     BadRequest,
     Forbidden,
@@ -123,7 +122,6 @@ async def predict(
     )
     ticket.check()
     parsed = model.schemas.parse_predict(body)
-    refuse_repeated_keys(body, predict_keys(parsed, body))
     if len(parsed.rows) >= settings.threadpool_min_rows:
         answer = await anyio.to_thread.run_sync(model.predict, parsed)
     else:

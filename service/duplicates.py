@@ -13,7 +13,6 @@ import json
 from typing import Any
 
 from service.errors import ValidationFailed, field_path
-from service.schemas import PredictRequest
 
 WHITESPACE_AFTER_QUOTE = (b'" ', b'"\n', b'"\r', b'"\t')
 
@@ -29,13 +28,6 @@ def refuse_repeated_keys(body: bytes, keys: int) -> None:
             "a key is given more than once in one object",
             [(path, "given more than once") for path in repeated],
         )
-
-
-def predict_keys(request: PredictRequest, body: bytes) -> int:
-    """How many keys the objects of a parsed `/predict` body hold: the top level's (`explain`
-    and `top_k` looked up in the body), the context's and every row's."""
-    top = (2 if request.ranking else 1) + (b'"explain":' in body) + (b'"top_k":' in body)
-    return top + len(request.context) + sum(map(len, request.rows))
 
 
 def repeated_keys(body: bytes) -> list[str]:

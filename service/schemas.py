@@ -24,6 +24,7 @@ from pydantic import (
 )
 from typing_extensions import TypedDict
 
+from service.duplicates import refuse_repeated_keys
 from service.errors import (
     InvalidJSON,
     PayloadTooLarge,
@@ -300,29 +301,25 @@ class RequestSchemas:
         """Parse and validate a `/predict` body in one pass; raises a ServiceError naming fields.
 
         A ranking request is returned only when its context and each candidate together give
-        every field exactly once, so every row of the result is complete.
+        every field exactly once, so every row of the result is complete; a key repeated within
+        one object is refused rather than read last-wins.
         """
         try:
             request: dict[str, Any] = self.predict.validate_json(body, strict=True)
         except ValidationError as error:
             raise self._refusal(error.errors(include_url=False)) from None
-        if "instances" in request:
-            return PredictRequest(
-                rows=request["instances"],
-                context={},
-                ranking=False,
-                explain=request.get("explain", False),
-                top_k=request.get("top_k", self.default_top_k),
-            )
-        context, candidates = request["context"], request["candidates"]
-        self._check_cover(context, candidates)
-        return PredictRequest(
-            rows=candidates,
-            context=context,
-            ranking=True,
+        ranking = "instances" not in request
+        if ranking:
+            self._check_cover(request["context"], request["candidates"])
+        parsed = PredictRequest(
+            rows=request["candidates"] if ranking else request["instances"],
+            context=request["context"] if ranking else {},
+            ranking=ranking,
             explain=request.get("explain", False),
             top_k=request.get("top_k", self.default_top_k),
         )
+        refuse_repeated_keys(body, _key_count(parsed, body))
+        return parsed
 
     def parse_explain_query(
         self, params: Iterable[tuple[str, str]], top_k: int | None
@@ -413,6 +410,13 @@ class RequestSchemas:
         """The `/predict` body schema and the definitions it refers to, for the OpenAPI document."""
         schema = self.predict.json_schema(ref_template=ref_template)
         return {k: v for k, v in schema.items() if k != "$defs"}, schema.get("$defs", {})
+
+
+def _key_count(request: PredictRequest, body: bytes) -> int:
+    """How many keys the objects of a parsed `/predict` body hold: the top level's (`explain`
+    and `top_k` looked up in the body), the context's and every row's."""
+    top = (2 if request.ranking else 1) + (b'"explain":' in body) + (b'"top_k":' in body)
+    return top + len(request.context) + sum(map(len, request.rows))
 
 
 def build_request_schemas(
