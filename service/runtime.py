@@ -520,14 +520,7 @@ class ModelRuntime:
 
     def available_models(self) -> list[str]:
         """Names of the models with at least one published version."""
-        root = self.settings.models_dir
-        if not root.is_dir():
-            return []
-        return sorted(
-            p.name
-            for p in root.iterdir()
-            if p.is_dir() and not p.name.startswith(".") and bundles.versions(p)
-        )
+        return bundles.model_names(self.settings.models_dir)
 
     def _resolve(self, name: str | None, version: int | None) -> Path:
         """The bundle folder for a name and version, inside the models directory."""
