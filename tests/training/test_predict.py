@@ -16,7 +16,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from tests.service.conftest import ROOT, blocked_torch_env
+from tests.service.conftest import ROOT, blocked_torch_env, serving_a_copy
 from training import bundle as bundles
 from training.bundle.features import CategoricalField
 from training.cli import main
@@ -160,3 +160,24 @@ def test_predict_runs_without_torch(
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["rows"] == 50 and pq.read_table(out).num_rows == 50
+
+
+def test_predict_scores_equal_the_served_scores_of_the_same_rows(
+    bundle: bundles.Bundle, tiny_bundle: Path, models_dir: Path, tmp_path: Path
+) -> None:
+    table = rows_of(bundle, 300, seed=4)  # unseen values among them: both use the OOV rows
+    data = tmp_path / "rows.csv"
+    pacsv.write_csv(table, data)  # read back as text, as a team's export is
+    out = tmp_path / "scores.parquet"
+    main(["predict", "--bundle", str(tiny_bundle), "--data", str(data), "--out", str(out),
+          "--batch-size", "128"])  # fmt: skip
+    rows = table.select(bundle.encoder.names).to_pylist()
+    served: list[float] = []
+    with serving_a_copy(models_dir, tmp_path) as server, server.client() as afm:
+        for start in range(0, len(rows), 100):
+            answer = afm.predict(rows[start : start + 100])
+            assert answer["model"] == {"name": "synthetic-afm", "version": 1}
+            served += answer["scores"]
+    scored = pq.read_table(out).column("score").to_numpy()
+    assert len(served) == len(scored) == 300 and np.ptp(scored) > 0.01
+    np.testing.assert_allclose(scored, served, rtol=0, atol=1e-6)

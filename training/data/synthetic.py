@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
 
 from training.bundle.features import FeatureSpec, FieldSpec
 from training.data.splits import SplitPlan, Splits, Task, split_rows, task_labels
@@ -74,3 +78,90 @@ def load(task: Task = "ctr", rows: int = 60_000, seed: int = 0) -> Splits:
     fingerprint = hashlib.sha256(f"synthetic:{rows}:{seed}".encode()).hexdigest()
     plan = SplitPlan("random", (0.8, 0.1, 0.1), seed=seed)
     return Splits("synthetic", task, spec, train, validation, test, (-1.0, 1.0), fingerprint, plan)
+
+
+# A team's click log (`click_log`): the issue's shape of a user's own file. The fields as they are
+# declared to `train --fields`, and the pairs whose interaction decides the click (logit units per
+# ±1 cell): time of day by device, and the item's category by the user's region.
+CLICK_FIELDS = "user,item,category,region,hour,device,price:numeric"
+CLICK_PLANTED = {("hour", "device"): 1.2, ("category", "region"): 1.2}
+DEVICES = ("ios", "android", "web")
+
+
+@dataclass(frozen=True)
+class ClickLog:
+    """A generated click log: its columns as a file holds them (ts, user, item, category, region,
+    hour, device, price, clicked), in time order, and each row's true click probability."""
+
+    columns: dict[str, np.ndarray]
+    probability: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.probability)
+
+    def take(self, rows: slice | np.ndarray) -> ClickLog:
+        return ClickLog({k: v[rows] for k, v in self.columns.items()}, self.probability[rows])
+
+    def write_csv(self, path: Path) -> Path:
+        """The columns (not the probability) as a CSV file, the way a team would export them."""
+        pacsv.write_csv(pa.table(self.columns), path)
+        return path
+
+
+def ranks(pool: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A rank from 0 to pool - 1 per row, falling off as rank^-0.8 (the inverse of the
+    continuous power law's CDF), for a pool size that may differ from row to row."""
+    top = pool.astype(np.float64) ** 0.2
+    drawn = (1.0 + rng.random(len(pool)) * (top - 1.0)) ** 5.0
+    return np.asarray(np.minimum(drawn.astype(np.int64) - 1, pool - 1).clip(0))
+
+
+def click_log(
+    rows: int, seed: int = 0, users: int = 2000, items: int = 1000, days: int = 28
+) -> ClickLog:
+    """A click log over `days` days whose click probability is known: user and item biases, a
+    price effect and, for each pair of CLICK_PLANTED, strength * T[a, b] with T a random ±1 table.
+
+    The world (biases, attributes, tables) depends on `seed` alone, not on `rows`, so logs of
+    any size, and any time slice of one, come from the same world. Users and items join over time:
+    at time fraction f the first 60% + 40% f of each are active, a few of them (by a power law)
+    logging most rows, so a later slice holds users and items an earlier one never saw.
+    Each user has a region, each item a category and a price.
+    """
+    world = np.random.default_rng([seed, 0])
+    sizes = {"hour": 24, "device": len(DEVICES), "category": 12, "region": 8}
+    region = world.integers(0, sizes["region"], users)
+    category = world.integers(0, sizes["category"], items)
+    price = np.round(world.lognormal(2.3, 0.6, items), 2)
+    user_bias, item_bias = world.normal(0, 0.4, users), world.normal(0, 0.4, items)
+    tables = {
+        (a, b): world.choice([-1.0, 1.0], size=(sizes[a], sizes[b])) for a, b in CLICK_PLANTED
+    }
+
+    rng = np.random.default_rng([seed, 1])
+    start = 1_700_000_000
+    ts = np.sort(start + rng.integers(0, days * 86_400, rows))
+    joined = 0.6 + 0.4 * (ts - start) / (days * 86_400)
+    user = ranks(np.ceil(users * joined).astype(np.int64), rng)
+    item = ranks(np.ceil(items * joined).astype(np.int64), rng)
+    hour = (ts // 3600) % 24
+    device = rng.choice(len(DEVICES), rows, p=[0.45, 0.4, 0.15])
+
+    logit = -1.2 + user_bias[user] + item_bias[item] - 0.03 * (price[item] - 10.0)
+    codes = {"hour": hour, "device": device, "category": category[item], "region": region[user]}
+    for (a, b), strength in CLICK_PLANTED.items():
+        logit += strength * tables[a, b][codes[a], codes[b]]
+    probability = 1.0 / (1.0 + np.exp(-logit))
+    clicked = (rng.random(rows) < probability).astype(np.int64)
+    columns = {
+        "ts": ts,
+        "user": np.char.add("u", user.astype(str)),
+        "item": np.char.add("i", item.astype(str)),
+        "category": np.char.add("c", category[item].astype(str)),
+        "region": np.char.add("r", region[user].astype(str)),
+        "hour": hour,
+        "device": np.asarray(DEVICES)[device],
+        "price": price[item],
+        "clicked": clicked,
+    }
+    return ClickLog(columns, probability)
