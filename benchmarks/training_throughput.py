@@ -2,9 +2,10 @@
 machine's own fp32 matmul rate.
 
 On frappe-shaped batches (F = 10 fields, 5,382 features), for each k, t and batch size: the
-project's AFM and FM as the trainer builds them (`make_optimizer`'s Adam), and the AFM as one writes
-it from the paper (`benchmarks.peers.plain_afm`) with a plain Adam. The limit is a large fp32
-matmul on the same threads; an AFM step costs about P k (t + 2) multiply-adds a row forward and
+project's AFM and FM as the trainer builds them (`make_optimizer`'s Adam), the AFM as one writes
+it from the paper (`benchmarks.peers.plain_afm`) with a plain Adam, and DeepCTR-Torch's AFM
+(`benchmarks.peers.deepctr_afm`, a child process in an environment of its own). The limit is a
+large fp32 matmul on the same threads; an AFM step costs about P k (t + 2) multiply-adds a row forward and
 twice that backward, so the fraction of the limit is rows/s * 6 P k (t + 2) / (matmul FLOP/s).
 The models take turns, a few steps each, and each one's fastest step counts: on a shared machine
 the ratios within one run mean something, the absolute rows/s little.
@@ -13,15 +14,18 @@ the ratios within one run mean something, the absolute rows/s little.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import platform
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
+from benchmarks.peers import deepctr_afm
 from benchmarks.peers.plain_afm import PlainAFM
 from training.model import AFM, AFMConfig
 from training.trainer import TrainConfig, loss_fn, make_optimizer
@@ -49,7 +53,8 @@ def afm_flops_per_row(k: int, t: int) -> float:
     return 2 * 3 * PAIRS * k * (t + 2)
 
 
-Step = Callable[[int], None]
+# One optimiser step on the i-th batch; a contender in another process returns its own timing.
+Step = Callable[[int], float | None]
 
 
 def make_step(
@@ -79,8 +84,34 @@ def raw_of(model: AFM) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     return lambda index, value: model(index, value).raw
 
 
+@contextlib.contextmanager
+def deepctr_step(python: str, k: int, t: int, batch_size: int, threads: int) -> Iterator[Step]:
+    """DeepCTR-Torch's AFM as a child process that runs one step per request and reports its time."""
+    command = [python, "-m", "benchmarks.peers.deepctr_afm", "--features", str(FRAPPE_FEATURES)]
+    command += ["--fields", str(FRAPPE_FIELDS), "--k", str(k), "--t", str(t)]
+    command += ["--batch", str(batch_size), "--dropout", str(DROPOUT), "--threads", str(threads)]
+    with subprocess.Popen(
+        command, cwd=deepctr_afm.ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        bufsize=1,
+    ) as child:  # fmt: skip
+        assert child.stdin is not None and child.stdout is not None
+        stdin, stdout = child.stdin, child.stdout
+        if stdout.readline().strip() != "ready":
+            raise RuntimeError(f"the DeepCTR-Torch peer did not start: {' '.join(command)}")
+
+        def step(i: int) -> float:
+            stdin.write(f"step {i}\n")
+            return float(stdout.readline())
+
+        try:
+            yield step
+        finally:
+            stdin.write("stop\n")
+            stdin.close()
+
+
 def steps_for(k: int, t: int, batch_size: int) -> dict[str, Step]:
-    """The three contenders of one setting, freshly initialised at the same seed."""
+    """The in-process contenders of one setting, freshly initialised at the same seed."""
     steps: dict[str, Step] = {}
     for name, attention in (("afm", True), ("fm", False)):
         torch.manual_seed(0)
@@ -105,8 +136,9 @@ def rows_per_second(
         for name, step in steps.items():
             for i in range(n):
                 started = time.perf_counter()
-                step(i)
-                best[name] = max(best[name], batch_size / (time.perf_counter() - started))
+                reported = step(i)
+                elapsed = time.perf_counter() - started if reported is None else reported
+                best[name] = max(best[name], batch_size / elapsed)
     return best
 
 
@@ -117,14 +149,21 @@ def run(
     batch_sizes: list[int],
     steps: int,
     rounds: int,
+    deepctr_python: str | None = None,
 ) -> tuple[float, list[dict[str, Any]]]:
     torch.set_num_threads(threads)
     limit = matmul_gflops()
     results: list[dict[str, Any]] = []
     for k, t, batch_size in itertools.product(dims, attention_dims, batch_sizes):
-        speeds = rows_per_second(steps_for(k, t, batch_size), batch_size, steps, rounds)
+        with contextlib.ExitStack() as stack:
+            contenders = steps_for(k, t, batch_size)
+            if deepctr_python is not None:
+                contenders["deepctr"] = stack.enter_context(
+                    deepctr_step(deepctr_python, k, t, batch_size, threads)
+                )
+            speeds = rows_per_second(contenders, batch_size, steps, rounds)
         flops = afm_flops_per_row(k, t)
-        results.append(
+        result = (
             {"threads": threads, "k": k, "t": t, "batch": batch_size, "matmul_gflops": limit}
             | {f"{name}_rows_s": speed for name, speed in speeds.items()}
             | {
@@ -133,6 +172,9 @@ def run(
                 "plain_fraction_of_limit": speeds["plain"] * flops / (limit * 1e9),
             }
         )
+        if "deepctr" in speeds:
+            result["afm_over_deepctr"] = speeds["afm"] / speeds["deepctr"]
+        results.append(result)
         limit = max(limit, matmul_gflops())  # the best the machine showed during the run
     for r in results:
         scale = r["matmul_gflops"] / limit
@@ -151,25 +193,38 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--steps", type=int, default=2, help="steps per contender and round")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--quick", action="store_true", help="t = 8 and batch 256 only")
+    parser.add_argument(
+        "--no-deepctr", action="store_true",
+        help="leave out DeepCTR-Torch's AFM (its environment is installed on first use)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.quick:
         args.attention_dims, args.batch_sizes = [8], [256]
+    deepctr_python = None if args.no_deepctr else str(deepctr_afm.ensure_env())
     limit, results = run(
-        args.threads, args.dims, args.attention_dims, args.batch_sizes, args.steps, args.rounds
-    )
+        args.threads, args.dims, args.attention_dims, args.batch_sizes, args.steps, args.rounds,
+        deepctr_python,
+    )  # fmt: skip
     print(
         f"training throughput, torch {torch.__version__}, "
         f"{platform.processor() or platform.machine()}, {args.threads} threads, "
         f"fp32 matmul {limit:.0f} GFLOP/s"
     )
     print(
-        "| k | t | batch | AFM rows/s | plain AFM rows/s | AFM / plain | FM rows/s "
-        "| AFM / fp32 limit | plain / fp32 limit |\n|---|---|---|---|---|---|---|---|---|"
+        "| k | t | batch | AFM rows/s | plain AFM rows/s | AFM / plain | DeepCTR AFM rows/s "
+        "| AFM / DeepCTR | FM rows/s | AFM / fp32 limit | plain / fp32 limit |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|"
     )
     for r in results:
+        deepctr = (
+            f"{r['deepctr_rows_s']:,.0f} | {r['afm_over_deepctr']:.2f}"
+            if "deepctr_rows_s" in r
+            else "– | –"
+        )
         print(
             f"| {r['k']} | {r['t']} | {r['batch']} | {r['afm_rows_s']:,.0f} "
-            f"| {r['plain_rows_s']:,.0f} | {r['afm_over_plain']:.2f} | {r['fm_rows_s']:,.0f} "
+            f"| {r['plain_rows_s']:,.0f} | {r['afm_over_plain']:.2f} | {deepctr} "
+            f"| {r['fm_rows_s']:,.0f} "
             f"| {r['afm_fraction_of_limit']:.3f} | {r['plain_fraction_of_limit']:.3f} |"
         )
     return results

@@ -35,7 +35,7 @@ def test_flops_per_row_count_forward_and_twice_backward():
 def test_every_contender_trains_and_is_reported(capsys, monkeypatch):
     monkeypatch.setattr(training_throughput, "matmul_gflops", lambda: 1.0)
     results = training_throughput.main(
-        ["--threads", "1", "--dims", "4", "--attention-dims", "2", "--batch-sizes", "8",
+        ["--threads", "1", "--dims", "4", "--attention-dims", "2", "--batch-sizes", "8", "--no-deepctr",
          "--steps", "1", "--rounds", "1"]
     )  # fmt: skip
     (result,) = results
