@@ -92,6 +92,9 @@ class ServedModel:
         self.names = tuple(self.encoder.names)
         self.positions = {name: j for j, name in enumerate(self.names)}
         self.pairs = bundle.pairs
+        self._pair_positions = np.array(
+            [[self.positions[a], self.positions[b]] for a, b in self.pairs], dtype=np.int64
+        ).reshape(-1, 2)
         self.bias = bundle.bias
         self.ref = {"name": bundle.name, "version": bundle.version}
         self.schemas: RequestSchemas = build_request_schemas(
@@ -166,7 +169,18 @@ class ServedModel:
         """Scores in request order, unseen and clipped values per field, and explanations when
         asked."""
         batch = self.encode(request)
-        out = self.run(batch, EXPLAIN if request.explain else SCORE)
+        return self.answer(request, batch, self.run(batch, self.outputs(request)))
+
+    def outputs(self, request: PredictRequest) -> list[str]:
+        """The graph outputs a `/predict` answer to the request is built from."""
+        if not request.explain:
+            return SCORE
+        return ALL if request.focus == "candidates" else EXPLAIN
+
+    def answer(
+        self, request: PredictRequest, batch: Batch, out: Mapping[str, np.ndarray]
+    ) -> dict[str, Any]:
+        """The `/predict` answer from the request's encoded rows and the graph's outputs."""
         answer: dict[str, Any] = {
             "model": self.ref,
             "task": self.task,
@@ -174,7 +188,9 @@ class ServedModel:
             "unknown_values": batch.unseen,
             "clipped_values": batch.clipped,
         }
-        if request.explain:
+        if request.explain and request.focus == "candidates":
+            answer["explanations"] = self._candidate_explanations(batch, out, request.top_k)
+        elif request.explain:
             answer["explanations"] = self._explanations(batch, out, request.top_k)
         return answer
 
@@ -307,6 +323,72 @@ class ServedModel:
             for raw, pairs in zip(raws, terms, strict=True)
         ]
 
+    def _candidate_explanations(
+        self, batch: Batch, out: Mapping[str, np.ndarray], top_k: int
+    ) -> list[dict[str, Any]]:
+        """Per candidate: the terms of its raw score grouped by what the candidates share (bias,
+        the context's linear terms and pairs) and what they do not (the pairs and linear terms of
+        candidate fields), and each group's difference to the best candidate (largest raw)."""
+        own = np.array([name not in batch.context for name in self.names])
+        involved = own[self._pair_positions].any(axis=1)
+        mine = np.flatnonzero(involved)
+        raw = out["raw"].astype(np.float64)
+        linear = out["linear_contribution"].astype(np.float64)
+        pairs = out["pair_contribution"].astype(np.float64)
+        context_pairs = pairs[:, ~involved].sum(axis=1)
+        candidate_pairs = pairs[:, mine]
+        best = int(np.argmax(raw))
+        differences = candidate_pairs - candidate_pairs[best]
+        top, other = _top_and_rest(candidate_pairs, top_k)
+        top_d, other_d = _top_and_rest(differences, top_k)
+        linear_total = linear.sum(axis=1)
+        attention = out["attention"][:, mine].tolist()
+        fields = [self.pairs[p] for p in mine.tolist()]
+        own_fields = [name for name, is_own in zip(self.names, own, strict=True) if is_own]
+        answers = []
+        for i in range(len(batch)):
+            values = [(batch.value_of(i, a), batch.value_of(i, b)) for a, b in fields]
+            best_values = [(batch.value_of(best, a), batch.value_of(best, b)) for a, b in fields]
+            answers.append(
+                {
+                    "raw": float(raw[i]),
+                    "bias": self.bias,
+                    "context_linear": float(linear[i, ~own].sum()),
+                    "linear": [
+                        {"field": name, "value": batch.value_of(i, name), "contribution": c}
+                        for name, c in zip(own_fields, linear[i, own].tolist(), strict=True)
+                    ],
+                    "context_pairs": float(context_pairs[i]),
+                    "top_pairs": [
+                        {
+                            "fields": list(fields[p]),
+                            "values": list(values[p]),
+                            "attention": attention[i][p],
+                            "contribution": float(candidate_pairs[i, p]),
+                        }
+                        for p in top[i]
+                    ],
+                    "other_pairs": float(other[i]),
+                    "versus_best": {
+                        "candidate": best,
+                        "raw_difference": float(raw[i] - raw[best]),
+                        "linear": float(linear_total[i] - linear_total[best]),
+                        "context_pairs": float(context_pairs[i] - context_pairs[best]),
+                        "top_pairs": [
+                            {
+                                "fields": list(fields[p]),
+                                "values": list(values[p]),
+                                "best_values": list(best_values[p]),
+                                "difference": float(differences[i, p]),
+                            }
+                            for p in top_d[i]
+                        ],
+                        "other_pairs": float(other_d[i]),
+                    },
+                }
+            )
+        return answers
+
     def _pair_terms(
         self, batch: Batch, out: Mapping[str, np.ndarray], top_k: int
     ) -> list[list[dict[str, Any]]]:
@@ -345,6 +427,14 @@ class ServedModel:
             "metrics": manifest.metrics.model_dump() if manifest.metrics else {},
             "global_attention": [a.model_dump() for a in attention] if attention else None,
         }
+
+
+def _top_and_rest(terms: np.ndarray, k: int) -> tuple[list[list[int]], np.ndarray]:
+    """Per row of `terms` (rows, terms): the columns of the k largest |term|, largest first, and
+    the sum of the other terms."""
+    order = np.argsort(-np.abs(terms), axis=1, kind="stable")
+    rest = np.take_along_axis(terms, order[:, k:], axis=1).sum(axis=1)
+    return order[:, :k].tolist(), rest
 
 
 def _field_card(field: CategoricalField | NumericField | BucketField) -> dict[str, Any]:

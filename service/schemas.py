@@ -42,7 +42,9 @@ from training.bundle.features import (
 )
 
 Value: TypeAlias = str | float
+Focus: TypeAlias = Literal["rows", "candidates"]
 ROW_LISTS = ("instances", "candidates")
+EXPLAIN_TAGS = ("flag", "options")  # the tags of the two forms of `explain`
 FORBID = ConfigDict(extra="forbid")
 
 
@@ -51,6 +53,14 @@ class ModelRef(BaseModel):
 
     name: str
     version: int
+
+
+class LinearTerm(BaseModel):
+    """The first-order term `w_i x_i` of one field."""
+
+    field: str
+    value: Value
+    contribution: float
 
 
 class PairTerm(BaseModel):
@@ -70,6 +80,48 @@ class RowExplanation(BaseModel):
     top_pairs: list[PairTerm]
 
 
+class PairDifference(BaseModel):
+    """One pair with a candidate field: this candidate's contribution minus the best one's."""
+
+    fields: tuple[str, str]
+    values: tuple[Value, Value]
+    best_values: tuple[Value, Value]
+    difference: float
+
+
+class VersusBest(BaseModel):
+    """Why the best candidate scores above this one: `raw_difference == linear + context_pairs +
+    sum(top_pairs) + other_pairs`, each this candidate's term minus the best candidate's."""
+
+    candidate: int = Field(description="the best candidate: its place in `candidates`")
+    raw_difference: float = Field(description="this candidate's raw minus the best one's (<= 0)")
+    linear: float = Field(description="difference of the first-order terms, all fields")
+    context_pairs: float = Field(description="difference of the pairs of two context fields")
+    top_pairs: list[PairDifference] = Field(
+        description="the pairs with a candidate field of largest |difference|"
+    )
+    other_pairs: float = Field(description="difference of the other pairs with a candidate field")
+
+
+class CandidateExplanation(BaseModel):
+    """One candidate taken apart by what separates it from the others (`"explain": {"focus":
+    "candidates"}`): `bias + context_linear + sum(linear) + context_pairs + sum(top_pairs) +
+    other_pairs == raw`."""
+
+    raw: float
+    bias: float
+    context_linear: float = Field(description="the first-order terms of the context's fields")
+    linear: list[LinearTerm] = Field(description="the first-order term of each candidate field")
+    context_pairs: float = Field(
+        description="the pairs of two context fields, summed: near alike for every candidate"
+    )
+    top_pairs: list[PairTerm] = Field(
+        description="the pairs with at least one candidate field of largest |contribution|"
+    )
+    other_pairs: float = Field(description="the other pairs with a candidate field, summed")
+    versus_best: VersusBest
+
+
 class PredictResponse(BaseModel):
     """Scores in request order; unseen and clipped values per field counted over the scored rows."""
 
@@ -84,15 +136,11 @@ class PredictResponse(BaseModel):
         description="per numeric and bucket field, the scored rows whose number lay outside the"
         " training range and was clipped to it",
     )
-    explanations: list[RowExplanation] | None = None
-
-
-class LinearTerm(BaseModel):
-    """The first-order term `w_i x_i` of one field."""
-
-    field: str
-    value: Value
-    contribution: float
+    explanations: list[RowExplanation] | list[CandidateExplanation] | None = Field(
+        default=None,
+        description="per row, with `explain`: its top pairs (`true`, or focus `rows`), or what"
+        " separates it from the other candidates (focus `candidates`)",
+    )
 
 
 class ExplainResponse(BaseModel):
@@ -275,6 +323,21 @@ def _shape(value: Any) -> str:
     return "instances" if isinstance(value, dict) and "instances" in value else "ranking"
 
 
+def _explain_shape(value: Any) -> str:
+    return "options" if isinstance(value, dict) else "flag"
+
+
+def _untagged(error: Any) -> Any:
+    """A pydantic error with the tag of `explain`'s two forms taken out of its location, so that
+    details name `explain` and `explain.focus`; a wrong type says what `explain` may be."""
+    loc = tuple(error["loc"])
+    if len(loc) < 3 or loc[1] != "explain" or loc[2] not in EXPLAIN_TAGS:
+        return error
+    if len(loc) == 3:
+        return {**error, "loc": loc[:2], "msg": "should be true, false or an object of options"}
+    return {**error, "loc": loc[:2] + loc[3:]}
+
+
 @dataclass(frozen=True)
 class PredictRequest:
     """A validated `/predict` body: rows (instances or candidates) and the shared context."""
@@ -284,6 +347,7 @@ class PredictRequest:
     ranking: bool
     explain: bool
     top_k: int
+    focus: Focus = "rows"
 
 
 @dataclass(frozen=True)
@@ -311,14 +375,23 @@ class RequestSchemas:
         ranking = "instances" not in request
         if ranking:
             self._check_cover(request["context"], request["candidates"])
+        explain = request.get("explain", False)
+        options = explain if isinstance(explain, dict) else {}
+        focus = options.get("focus", "rows")
+        if focus == "candidates" and not ranking:
+            raise ValidationFailed(
+                "candidate-focused explanations need a ranking request",
+                [("explain.focus", "`candidates` needs a `context` and its `candidates`")],
+            )
         parsed = PredictRequest(
             rows=request["candidates"] if ranking else request["instances"],
             context=request["context"] if ranking else {},
             ranking=ranking,
-            explain=request.get("explain", False),
+            explain=explain is not False,
             top_k=request.get("top_k", self.default_top_k),
+            focus=focus,
         )
-        refuse_repeated_keys(body, _key_count(parsed, body))
+        refuse_repeated_keys(body, _key_count(parsed, body) + len(options))
         return parsed
 
     def parse_explain_query(
@@ -396,7 +469,7 @@ class RequestSchemas:
                     f"at most {self.max_rows} rows per request, got {actual}",
                     [(field_path(loc), f"more than {self.max_rows} rows")],
                 )
-        details = validation_details(errors, strip=1)
+        details = validation_details(map(_untagged, errors), strip=1)
         missing = {tuple(e["loc"])[1:] for e in errors if e["type"] == "missing"}
         if {("context",), ("candidates",)} <= missing:  # neither shape: say what the two are
             return ValidationFailed(
@@ -433,9 +506,36 @@ def build_request_schemas(
     partial = with_config(FORBID)(
         _TypedDict("InstanceFields", {name: NotRequired[t] for name, t in types.items()})
     )
+    explain_options = with_config(FORBID)(
+        _TypedDict(
+            "ExplainOptions",
+            {
+                "focus": NotRequired[
+                    Annotated[
+                        Focus,
+                        Field(
+                            description="`rows` (as `true`): each row's top pairs; `candidates`"
+                            " (ranking requests): per candidate the pairs with a candidate field,"
+                            " the context's pairs summed, and the difference to the best candidate"
+                        ),
+                    ]
+                ]
+            },
+        )
+    )
+    explain_choices: Any = Annotated[
+        Annotated[bool, Tag("flag")] | Annotated[explain_options, Tag("options")],
+        Discriminator(_explain_shape),
+    ]
     options = {
         "explain": NotRequired[
-            Annotated[bool, Field(description="add per-row explanations (top pairs)")]
+            Annotated[
+                explain_choices,
+                Field(
+                    description="add per-row explanations: `true` for each row's top pairs, or"
+                    ' options such as `{"focus": "candidates"}`'
+                ),
+            ]
         ],
         "top_k": NotRequired[
             Annotated[
