@@ -1,8 +1,10 @@
-"""`make bench`: the training throughput benchmark, then the serving benchmark.
+"""`make bench`: the training throughput benchmark, then the serving benchmark, then the traffic
+benchmark (memory, overload and a soak against the service).
 
-Both print markdown to stdout; the combined report is also written to benchmarks/results/latest.md
+Each prints markdown to stdout; the combined report is also written to benchmarks/results/latest.md
 (ignored by git). Each benchmark takes its own options when run alone:
-`python -m benchmarks.training_throughput --help`, `python -m benchmarks.serving --help`.
+`python -m benchmarks.training_throughput --help`, `python -m benchmarks.serving --help`,
+`python -m benchmarks.traffic --help`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import io
 import sys
 from typing import TextIO
 
-from benchmarks import serving, training_throughput
+from benchmarks import serving, traffic, training_throughput
 from benchmarks.serving import RESULTS
 
 
@@ -36,9 +38,11 @@ def main() -> None:
     training = captured.getvalue()
     print()
     table = serving.main([])
+    print()
+    abuse = traffic.main([]).markdown()
     RESULTS.mkdir(parents=True, exist_ok=True)
     latest = RESULTS / "latest.md"
-    latest.write_text(f"# Benchmarks\n\n{training}\n{table}")
+    latest.write_text(f"# Benchmarks\n\n{training}\n{table}\n{abuse}")
     print(f"written to {latest}", file=sys.stderr)
 
 

@@ -193,6 +193,7 @@ class Outcome:
     latency: float
     lag: float = 0.0
     error: str = ""
+    due: float = 0.0
 
 
 Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
@@ -233,6 +234,13 @@ class Pool:
             connection[1].close()
         return await asyncio.open_connection(HOST, self.port)
 
+    async def fill(self, connections: int) -> None:
+        """Open connections ahead of the load, so that connecting does not delay its start."""
+        opened = await asyncio.gather(
+            *(asyncio.open_connection(HOST, self.port) for _ in range(connections))
+        )
+        self.idle += [(time.monotonic(), connection) for connection in opened]
+
     def give(self, connection: Connection) -> None:
         self.idle.append((time.monotonic(), connection))
 
@@ -254,7 +262,7 @@ async def timed(pool: Pool, request: bytes, due: float, timeout: float) -> Outco
         status, keep = await asyncio.wait_for(exchange(connection, request), timeout)
     except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as e:
         status, keep, error = 0, False, type(e).__name__
-    outcome = Outcome(status, time.perf_counter() - due, lag, error)
+    outcome = Outcome(status, time.perf_counter() - due, lag, error, due)
     if connection is not None:
         if keep:
             pool.give(connection)
@@ -264,11 +272,18 @@ async def timed(pool: Pool, request: bytes, due: float, timeout: float) -> Outco
 
 
 async def open_loop(
-    port: int, body: Callable[[int], bytes], rate: float, seconds: float, timeout: float = 10.0
+    port: int,
+    body: Callable[[int], bytes],
+    rate: float,
+    seconds: float,
+    timeout: float = 10.0,
+    connections: int = 0,
 ) -> list[Outcome]:
     """Requests `body(0)`, `body(1)`, ... sent at a constant `rate` for `seconds`, each on a free
-    keep-alive connection (a new one when none is free); latency from the scheduled send."""
+    keep-alive connection (`connections` opened ahead, a new one when none is free); latency from
+    the scheduled send."""
     pool = Pool(port)
+    await pool.fill(connections)
     total = max(1, int(rate * seconds))
     tasks = []
     started = time.perf_counter()
@@ -333,6 +348,19 @@ async def probe(port: int, path: str, every: float, until: asyncio.Event) -> lis
 # -- statistics ----------------------------------------------------------------------------------
 
 
+def most_outstanding(outcomes: Sequence[Outcome]) -> int:
+    """The most requests at once between their scheduled send and their answer."""
+    events = sorted(
+        [(o.due, 1) for o in outcomes] + [(o.due + o.latency, -1) for o in outcomes],
+        key=lambda e: (e[0], e[1]),
+    )
+    most = now = 0
+    for _, step in events:
+        now += step
+        most = max(most, now)
+    return most
+
+
 def percentile_ms(latencies: Sequence[float], q: float) -> float | None:
     return float(np.percentile(np.asarray(latencies) * 1e3, q)) if latencies else None
 
@@ -351,6 +379,7 @@ class Phase:
     refused_max_ms: float | None
     send_lag_p99_ms: float | None
     errors: dict[str, int]
+    most_outstanding: int
 
     @classmethod
     def of(cls, rate: float, seconds: float, outcomes: Sequence[Outcome]) -> Phase:
@@ -367,6 +396,7 @@ class Phase:
             max(refused) * 1e3 if refused else None,
             percentile_ms([o.lag for o in outcomes], 99),
             dict(Counter(o.error for o in outcomes if o.error)),
+            most_outstanding(outcomes),
         )
 
     def count(self, *statuses: int) -> int:
@@ -512,13 +542,14 @@ def saturation_rate(
 
 
 async def overloaded(
-    port: int, body: bytes, rate: float, seconds: float
+    port: int, body: bytes, rate: float, seconds: float, connections: int
 ) -> tuple[list[Outcome], list[Outcome]]:
-    """Open loop at `rate` with a `/healthz` prober every 100 ms beside it."""
+    """Open loop at `rate` (`connections` opened ahead) with a `/healthz` prober every 100 ms
+    beside it."""
     done = asyncio.Event()
     prober = asyncio.ensure_future(probe(port, "/healthz", 0.1, done))
     try:
-        outcomes = await open_loop(port, lambda _: body, rate, seconds)
+        outcomes = await open_loop(port, lambda _: body, rate, seconds, connections=connections)
     finally:
         done.set()
     return outcomes, await prober
@@ -532,8 +563,10 @@ def overload_scenario(
         rate, generator = saturation_rate(server, body, args, pin, work)
         seconds = args.phase_seconds
         with pinned(CLIENT_CPU, pin):
-            half = _run(open_loop(server.port, lambda _: body, rate / 2, seconds))
-            over, probes = _run(overloaded(server.port, body, rate * 4, seconds))
+            half = _run(open_loop(server.port, lambda _: body, rate / 2, seconds, connections=16))
+            over, probes = _run(
+                overloaded(server.port, body, rate * 4, seconds, args.open_connections)
+            )
         metrics = scrape(server.url)
     probe_ok = [o.latency for o in probes if o.status == 200]
     return OverloadResult(
@@ -598,7 +631,7 @@ def soak_scenario(
         )
         saturation = sum(o.status == 200 for o in outcomes) / elapsed
         with RssSampler(pid, args.rss_interval) as sampler:
-            soaked = _run(open_loop(server.port, mixed, saturation / 2, seconds))
+            soaked = _run(open_loop(server.port, mixed, saturation / 2, seconds, connections=16))
     samples = [(t, rss / MB) for t, rss in sampler.samples]
     window = min(60.0, seconds / 5)
     first = [rss for t, rss in samples if t <= window]
@@ -741,6 +774,7 @@ def _phase(p: Phase) -> str:
         f"{p.rate:,.0f} req/s for {p.seconds:g} s, statuses {p.statuses}, 200s p50 "
         f"{_ms(p.ok_p50_ms)} p99 {_ms(p.ok_p99_ms)}, 503s p50 {_ms(p.refused_p50_ms)} p99 "
         f"{_ms(p.refused_p99_ms)}, send lag p99 {_ms(p.send_lag_p99_ms)}"
+        + f", at most {p.most_outstanding} outstanding"
         + (f", no answer: {p.errors}" if p.errors else "")
     )
 
@@ -797,6 +831,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--connections", type=int, default=8,
         help="connections of the closed-loop saturation runs (default 8)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--open-connections", type=int, default=256,
+        help="connections opened ahead of the 4x phase (more are opened when all are busy)",
     )  # fmt: skip
     parser.add_argument(
         "--python-saturation", action="store_true", help="the Python closed loop even with wrk"
