@@ -47,6 +47,7 @@ from service.schemas import (
     parse_reload,
 )
 from service.settings import Settings
+from service.v2 import router as v2_router
 
 log = logging.getLogger("service.api")
 STOP_LOADER_SECONDS = 10.0
@@ -286,9 +287,11 @@ def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = 
     admission = Admission(
         settings.max_in_flight, settings.max_queued, settings.request_deadline_seconds, metrics
     )
+    app.state.admission = admission
     app.state.drain = Drain()
     metrics.watch_caches(runtime.memo_stats)
     app.include_router(router)
+    app.include_router(v2_router)
     install_handlers(app)
     app.add_middleware(AdmissionGate, admission=admission)
     app.add_middleware(

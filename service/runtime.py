@@ -36,7 +36,13 @@ from service.schemas import PredictRequest, RequestSchemas, build_request_schema
 from service.settings import Settings, name_problem
 from training import bundle as bundles
 from training.bundle.features import MISSING as MISSING_VALUE
-from training.bundle.features import BucketField, CategoricalField, FeatureEncoder, NumericField
+from training.bundle.features import (
+    STANDARDISED_LIMIT,
+    BucketField,
+    CategoricalField,
+    FeatureEncoder,
+    NumericField,
+)
 
 log = logging.getLogger("service.runtime")
 
@@ -153,6 +159,39 @@ class ServedModel:
                 encoded.index, encoded.value, encoded.unseen, encoded.clipped, request.rows, {}
             )
         return self._encode_ranking(request.context, request.rows)
+
+    def encode_columns(self, columns: Mapping[str, Sequence[Any]]) -> Batch:
+        """Encode rows given as columns, one sequence of raw values per field (every field, as
+        many values each), with the encoder `/predict` uses for instances."""
+        encoded = self.encoder.encode(columns)
+        return Batch(encoded.index, encoded.value, encoded.unseen, encoded.clipped, (), {})
+
+    def tensor_batch(self, index: np.ndarray, value: np.ndarray) -> Batch:
+        """Rows given as the graph's own inputs, (N, F) int64 and float32: every index must lie
+        in its field's block of the embedding table and every value be finite within
+        ±STANDARDISED_LIMIT, as the encoder's always are; ValidationFailed names the tensor."""
+        fields = self.encoder.fields
+        low = np.array([f.offset for f in fields], dtype=np.int64)
+        high = low + np.array([f.size for f in fields], dtype=np.int64)
+        outside = (index < low) | (index >= high)
+        if outside.any():
+            row, column = (int(i) for i in np.argwhere(outside)[0])
+            raise ValidationFailed(
+                "an index lies outside its field's block",
+                [
+                    (
+                        "feature_index",
+                        f"[{row}, {column}] is {int(index[row, column])}; field"
+                        f" {self.names[column]!r} owns {low[column]}..{high[column] - 1}",
+                    )
+                ],
+            )
+        if not (np.abs(value) <= STANDARDISED_LIMIT).all():  # NaN compares False
+            raise ValidationFailed(
+                "a feature value is not finite or too large",
+                [("feature_value", f"every value must be finite, within ±{STANDARDISED_LIMIT:g}")],
+            )
+        return Batch(index, value, {}, {}, (), {})
 
     def run(self, batch: Batch, outputs: list[str]) -> dict[str, np.ndarray]:
         """One onnxruntime call on the batch; inference time and rows go to the metrics."""
