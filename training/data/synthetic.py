@@ -82,7 +82,7 @@ def load(task: Task = "ctr", rows: int = 60_000, seed: int = 0) -> Splits:
 
 # A team's click log (`click_log`): the issue's shape of a user's own file. The fields as they are
 # declared to `train --fields`, and the pairs whose interaction decides the click (logit units per
-# ±1 cell): time of day by device, and the item's category by the user's region.
+# ±1 cell): time of day by device, and the item's category by the region a request came from.
 CLICK_FIELDS = "user,item,category,region,hour,device,price:numeric"
 CLICK_PLANTED = {("hour", "device"): 1.2, ("category", "region"): 1.2}
 DEVICES = ("ios", "android", "web")
@@ -126,11 +126,10 @@ def click_log(
     any size, and any time slice of one, come from the same world. Users and items join over time:
     at time fraction f the first 60% + 40% f of each are active, a few of them (by a power law)
     logging most rows, so a later slice holds users and items an earlier one never saw.
-    Each user has a region, each item a category and a price.
+    Each item has a category and a price; the region is where a request came from, row by row.
     """
     world = np.random.default_rng([seed, 0])
     sizes = {"hour": 24, "device": len(DEVICES), "category": 12, "region": 8}
-    region = world.integers(0, sizes["region"], users)
     category = world.integers(0, sizes["category"], items)
     price = np.round(world.lognormal(2.3, 0.6, items), 2)
     user_bias, item_bias = world.normal(0, 0.4, users), world.normal(0, 0.4, items)
@@ -146,9 +145,10 @@ def click_log(
     item = ranks(np.ceil(items * joined).astype(np.int64), rng)
     hour = (ts // 3600) % 24
     device = rng.choice(len(DEVICES), rows, p=[0.45, 0.4, 0.15])
+    region = rng.integers(0, sizes["region"], rows)
 
     logit = -1.2 + user_bias[user] + item_bias[item] - 0.03 * (price[item] - 10.0)
-    codes = {"hour": hour, "device": device, "category": category[item], "region": region[user]}
+    codes = {"hour": hour, "device": device, "category": category[item], "region": region}
     for (a, b), strength in CLICK_PLANTED.items():
         logit += strength * tables[a, b][codes[a], codes[b]]
     probability = 1.0 / (1.0 + np.exp(-logit))
@@ -158,7 +158,7 @@ def click_log(
         "user": np.char.add("u", user.astype(str)),
         "item": np.char.add("i", item.astype(str)),
         "category": np.char.add("c", category[item].astype(str)),
-        "region": np.char.add("r", region[user].astype(str)),
+        "region": np.char.add("r", region.astype(str)),
         "hour": hour,
         "device": np.asarray(DEVICES)[device],
         "price": price[item],
