@@ -20,6 +20,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.responses import Response
 
 from service.admission import TICKET, Admission, AdmissionGate, Ticket
+from service.batching import Batcher
 from service.drain import Drain
 from service.errors import (
     BadRequest,
@@ -123,8 +124,11 @@ async def predict(
     )
     ticket.check()
     parsed = model.schemas.parse_predict(body)
+    batcher: Batcher | None = request.app.state.batcher
     if len(parsed.rows) >= settings.threadpool_min_rows:
         answer = await anyio.to_thread.run_sync(model.predict, parsed)
+    elif batcher is not None:
+        answer = await batcher.predict(model, parsed)
     else:
         answer = model.predict(parsed)
     return OrjsonResponse(answer)
@@ -271,6 +275,8 @@ def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = 
             loader.start()
         yield
         stop.set()
+        if app.state.batcher is not None:
+            await app.state.batcher.close()
         if loader.is_alive():
             await anyio.to_thread.run_sync(loader.join, STOP_LOADER_SECONDS)
 
@@ -289,6 +295,11 @@ def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = 
     )
     app.state.admission = admission
     app.state.drain = Drain()
+    app.state.batcher = (
+        Batcher(settings.batch_max_rows, settings.batch_wait_ms / 1e3, metrics)
+        if settings.batching
+        else None
+    )
     metrics.watch_caches(runtime.memo_stats)
     app.include_router(router)
     app.include_router(v2_router)

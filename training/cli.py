@@ -1,4 +1,4 @@
-"""Command line: `python -m training train|evaluate|predict|promote|reproduce` (see `--help`).
+"""Command line: `python -m training train|tune|evaluate|predict|promote|reproduce` (see `--help`).
 
 The options are documented in docs/training.md; `--help` gives one line each.
 """
@@ -91,6 +91,24 @@ def build_parser(quick: bool = False) -> argparse.ArgumentParser:
     if quick:
         train.set_defaults(**QUICK)
 
+    tune = commands.add_parser(
+        "tune",
+        help="search train's settings with Optuna (TPE, pruning on validation); publish the best",
+        description="Trial 0 trains with the options as given; later trials sample --lr,"
+        " --batch-size, --embedding-dim, --attention-dim, --dropout, --l2-attention and"
+        " --weight-decay. The best trial on validation is published with the search in its"
+        " bundle (docs/training.md).",
+        formatter_class=formatter,
+    )
+    add_train_options(tune, starts=False)
+    tune.add_argument(
+        "--trials", type=positive_int, default=20, help="most trials, trial 0 included"
+    )
+    tune.add_argument(
+        "--timeout", type=positive_float, metavar="SECONDS",
+        help="start no trial after this many seconds (default: no limit)",
+    )  # fmt: skip
+
     evaluate = commands.add_parser(
         "evaluate",
         help="score a data split with a bundle through onnxruntime only (no torch)",
@@ -171,7 +189,9 @@ def build_parser(quick: bool = False) -> argparse.ArgumentParser:
     return parser
 
 
-def add_train_options(train: argparse.ArgumentParser) -> None:
+def add_train_options(train: argparse.ArgumentParser, starts: bool = True) -> None:
+    """`train`'s options; `starts` False leaves out those that start from a published model
+    (and --quick), as `tune` trains from scratch."""
     default = TrainOptions()
     add_data_options(train)
     train.add_argument(
@@ -247,6 +267,8 @@ def add_train_options(train: argparse.ArgumentParser) -> None:
         "--threads", type=non_negative_int, default=default.threads,
         help="CPU threads for PyTorch (0: its default)",
     )  # fmt: skip
+    if not starts:
+        return
     train.add_argument(
         "--init-from", type=Path,
         help="a published bundle to start from (an FM's: the paper's pre-training)",
@@ -356,13 +378,18 @@ def data_options(args: argparse.Namespace) -> DataOptions:
 def train_options(args: argparse.Namespace) -> TrainOptions:
     """The `train` command's options, from its parsed command line."""
     names = [f.name for f in fields(TrainOptions) if f.name != "data"]
-    return TrainOptions(data=data_options(args), **{n: getattr(args, n) for n in names})
+    given = {n: getattr(args, n) for n in names if hasattr(args, n)}  # tune has fewer
+    return TrainOptions(data=data_options(args), **given)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.command == "train":
         commands.train(train_options(args))
+    elif args.command == "tune":
+        from training import tune  # optuna loads only here
+
+        tune.tune(train_options(args), args.trials, args.timeout)
     elif args.command == "evaluate":
         commands.evaluate(args.bundle, data_options(args), args.split)
     elif args.command == "predict":

@@ -18,11 +18,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from training.bundle import Bundle, Manifest
+    from training.bundle.features import FeatureEncoder
     from training.data import Splits
     from training.data.splits import SplitPlan
     from training.model import AFM
     from training.recipes import Recipe
-    from training.trainer import History
+    from training.trainer import History, Tensors, TrainConfig
 
 Split = Literal["train", "validation", "test", "all"]
 # the batch size when --batch-size is not given: at least MIN_STEPS steps per epoch where the
@@ -261,10 +262,9 @@ def train(options: TrainOptions) -> Path:
     new rows) and publish its bundle."""
     import torch
 
-    from training import export, metrics, plots
+    from training import export, metrics
     from training.bundle.features import FeatureEncoder
-    from training.model import AFM, AFMConfig
-    from training.trainer import Tensors, TrainConfig, evaluate, fit
+    from training.trainer import fit
 
     data = options.data
     require_device(options.device)
@@ -313,15 +313,8 @@ def train(options: TrainOptions) -> Path:
     else:
         encoder = FeatureEncoder.fit(splits.spec, splits.train.columns)
 
-    def tensors(table: Any) -> Tensors:
-        encoded = encoder.encode(table.columns)
-        return Tensors.from_numpy(encoded.index, encoded.value, table.label)
-
-    train_data, valid_data, test_data = (
-        tensors(t) for t in (splits.train, splits.validation, splits.test)
-    )
-    source = Path(data.data).stem if data.data is not None else splits.name
-    name = options.name or (parent.name if parent else f"{source}-{options.model}")
+    train_data, valid_data, test_data = encode_splits(encoder, splits)
+    name = options.name or (parent.name if parent else default_name(data, splits, options.model))
     batch_size = options.batch_size or auto_batch_size(len(train_data))
     if options.batch_size is None:
         steps = math.ceil(len(train_data) / batch_size)
@@ -332,19 +325,7 @@ def train(options: TrainOptions) -> Path:
         )
     if options.batch_norm and options.model != "fm":
         sys.exit("--batch-norm is for --model fm (AFM has none)")
-    model = warm or AFM(
-        AFMConfig(
-            encoder.num_features,
-            len(encoder.fields),
-            options.embedding_dim,
-            options.attention_dim,
-            options.model == "afm",
-            options.dropout,
-            options.batch_norm,
-        )
-    )
-    if warm is None:
-        model.init_bias(float(splits.train.label.mean()), data.task)
+    model = warm or new_model(options, encoder, splits)
     if init is not None:
         if (
             init.config.num_features != encoder.num_features
@@ -359,18 +340,89 @@ def train(options: TrainOptions) -> Path:
         model.load_fm_embeddings(init, options.fm_start)
         if options.freeze_embeddings:
             model.freeze_fm_parameters()
-    cfg = TrainConfig(
+    cfg = train_config(options, data, batch_size, splits.label_range)
+
+    # a model started from a trained one is published as that start if no epoch beats it
+    started_from = init is not None or warm is not None
+    history = fit(model, train_data, valid_data, cfg, name, start_is_candidate=started_from)
+    path, test_metrics = publish_trained(
+        model, encoder, splits, (train_data, valid_data, test_data), cfg, history, options, name,
+        parent,
+    )  # fmt: skip
+    metric, _ = metrics.main_metric(cfg.task)
+    print(
+        summary(history, cfg.epochs, cfg.patience, metric, test_metrics, path, started_from),
+        flush=True,
+    )
+    print(f"done in {time.perf_counter() - started:.0f}s", flush=True)
+    return path
+
+
+def encode_splits(encoder: FeatureEncoder, splits: Splits) -> tuple[Tensors, Tensors, Tensors]:
+    """The training, validation and test tables as the model's index, value and label tensors."""
+    from training.trainer import Tensors
+
+    def tensors(table: Any) -> Tensors:
+        encoded = encoder.encode(table.columns)
+        return Tensors.from_numpy(encoded.index, encoded.value, table.label)
+
+    return tensors(splits.train), tensors(splits.validation), tensors(splits.test)
+
+
+def default_name(data: DataOptions, splits: Splits, model: str) -> str:
+    """The bundle name when --name is not given: `<data set, or --data's name>-<model>`."""
+    source = Path(data.data).stem if data.data is not None else splits.name
+    return f"{source}-{model}"
+
+
+def new_model(options: TrainOptions, encoder: FeatureEncoder, splits: Splits) -> AFM:
+    """A fresh AFM (or FM) of the options' sizes for the encoder's features, its bias at the
+    training labels' mean."""
+    from training.model import AFM, AFMConfig
+
+    model = AFM(
+        AFMConfig(
+            encoder.num_features,
+            len(encoder.fields),
+            options.embedding_dim,
+            options.attention_dim,
+            options.model == "afm",
+            options.dropout,
+            options.batch_norm,
+        )
+    )
+    model.init_bias(float(splits.train.label.mean()), splits.task)
+    return model
+
+
+def train_config(
+    options: TrainOptions, data: DataOptions, batch_size: int, label_range: tuple[float, float]
+) -> TrainConfig:
+    """The training loop's settings from the options (`batch_size` resolved)."""
+    from training.trainer import TrainConfig
+
+    return TrainConfig(
         task=data.task, epochs=options.epochs, batch_size=batch_size, lr=options.lr,
         optimizer=options.optimizer, l2_attention=options.l2_attention,
         attention_lr=options.attention_lr, weight_decay=options.weight_decay,
         patience=options.patience, lr_decay=options.lr_decay,
         lr_decay_patience=options.lr_decay_patience, seed=data.seed, device=options.device,
-        label_range=splits.label_range,
+        label_range=label_range,
     )  # fmt: skip
 
-    # a model started from a trained one is published as that start if no epoch beats it
-    started_from = init is not None or warm is not None
-    history = fit(model, train_data, valid_data, cfg, name, start_is_candidate=started_from)
+
+def publish_trained(
+    model: AFM, encoder: FeatureEncoder, splits: Splits,
+    sets: tuple[Tensors, Tensors, Tensors], cfg: TrainConfig, history: History,
+    options: TrainOptions, name: str, parent: Bundle | None = None,
+    more: dict[str, Any] | None = None,
+) -> tuple[Path, dict[str, float]]:  # fmt: skip
+    """Score the trained model on the test split and publish its bundle with what it was trained
+    on and how (`more`: further bundle.json keys); the bundle folder and the test metrics."""
+    from training import export, metrics, plots
+    from training.trainer import TrainConfig, evaluate
+
+    train_data, valid_data, test_data = sets
     model.cpu()
     test_metrics = evaluate(model, test_data, TrainConfig(**{**cfg.to_dict(), "device": "cpu"}))
     print(f"{name} test: " + "  ".join(f"{k} {v:.4f}" for k, v in test_metrics.items()), flush=True)
@@ -388,7 +440,7 @@ def train(options: TrainOptions) -> Path:
         "metrics": {"validation": history.best, "test": test_metrics},
         "training_config": {
             **cfg.to_dict(), "batch_norm": options.batch_norm,  # fit folds it away
-            "fm_start": options.fm_start if init is not None else None,  # only a started AFM has one
+            "fm_start": options.fm_start if options.init_from else None,  # AFM started from FM
             "init_from": str(options.init_from) if options.init_from else None,
             "parent": {"name": parent.name, "version": parent.version,
                        "sha256": parent.manifest.sha256} if parent else None,
@@ -403,7 +455,7 @@ def train(options: TrainOptions) -> Path:
         "best_epoch": history.best_epoch,
         "train_rows_per_second": history.train_rows_per_second,
         "artifacts": {"learning_curve": "learning_curve.png", "attention_heatmap": "attention.png"},
-    }  # fmt: skip
+    } | (more or {})  # fmt: skip
     path = export.publish_bundle(
         model,
         encoder,
@@ -416,19 +468,16 @@ def train(options: TrainOptions) -> Path:
         write_plots,
     )
     print(f"published {path}", flush=True)
-    print(
-        summary(history, cfg.epochs, cfg.patience, metric, test_metrics, path, started_from),
-        flush=True,
-    )
-    print(f"done in {time.perf_counter() - started:.0f}s", flush=True)
-    return path
+    return path, test_metrics
 
 
 def bundle_data(manifest: Manifest, data: DataOptions) -> DataOptions:
     """Own data read as the bundle was trained: its fields, label and positive label, and for
     `--data` its split, unless the options name them."""
+    from training.bundle.features import spec_item
+
     info = manifest.data
-    fields = ",".join(f"{f.name}:{f.kind}" for f in manifest.fields)
+    fields = ",".join(spec_item(f) for f in manifest.fields)
     data = replace(
         data,
         task=manifest.task,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
@@ -75,6 +75,12 @@ class History:
     best_epoch: int = 0
     best: dict[str, float] = field(default_factory=dict)
     train_rows_per_second: float = 0.0
+    stopped_by_hook: bool = False  # on_epoch ended it before patience or the epoch cap
+
+
+# After each epoch: its number and validation scores; True stops training there (a search's
+# pruner ends a poor trial early this way; the best epoch's weights are still restored).
+EpochHook = Callable[[int, dict[str, float]], bool]
 
 
 @dataclass
@@ -204,12 +210,14 @@ def fit(
     config: TrainConfig,
     name: str = "model",
     start_is_candidate: bool = False,
+    on_epoch: EpochHook | None = None,
 ) -> History:
     """Train with early stopping on the validation metric; the best epoch's weights are restored.
 
     `start_is_candidate`: the weights it starts from (a trained FM's, say) are epoch 0 of the
     choice, so a run that never beats them returns them rather than its least bad epoch; patience
     still counts against the trained epochs alone (`EarlyStopping`).
+    `on_epoch`: called after each epoch's validation; when it returns True training stops there.
     """
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
@@ -253,6 +261,9 @@ def fit(
         if stopping.update(scores[metric]):
             history.best, history.best_epoch = scores, epoch
             best_state = copy.deepcopy(model.state_dict())
+        if on_epoch is not None and on_epoch(epoch, scores):
+            history.stopped_by_hook = True
+            break
         if stopping.should_stop:
             break
         if scheduler is not None:

@@ -180,6 +180,64 @@ class Artifacts(_Model):
     attention_heatmap: str | None = None
 
 
+class TuningTrial(_Model):
+    """One trial of `tune`: the settings it trained with and how it ended."""
+
+    number: NonNegativeInt
+    state: Literal["complete", "pruned", "failed"] = Field(
+        description="complete: trained to its epoch cap or patience; pruned: stopped by the"
+        " pruner; failed: training raised (a diverged run's scores are not numbers)"
+    )
+    params: dict[str, int | float] = Field(description="the searched settings, as train's options")
+    value: float | None = Field(
+        default=None,
+        description="its best validation metric over the epochs it ran (none when it failed)",
+    )
+    epochs: NonNegativeInt = Field(description="epochs it ran")
+    seconds: float = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _valued(self) -> Self:
+        if (self.value is None) != (self.state == "failed"):
+            raise ValueError(f"trial {self.number}: a value goes with a complete or pruned trial")
+        return self
+
+
+class Tuning(_Model):
+    """The search `tune` ran (Optuna): every trial, the one published and the bar it had to meet."""
+
+    metric: str = Field(description="the validation metric searched on, e.g. auc or rmse")
+    direction: Literal["maximize", "minimize"]
+    sampler: str = Field(description="the sampler and its settings, e.g. TPESampler(seed=0, ...)")
+    pruner: str
+    budget_trials: PositiveInt | None = Field(default=None, description="--trials")
+    budget_seconds: float | None = Field(default=None, gt=0, description="--timeout")
+    seconds: float = Field(ge=0, description="the search's wall time")
+    trials: list[TuningTrial] = Field(min_length=1, description="every trial run, in order")
+    defaults_trial: NonNegativeInt = Field(
+        description="the trial run with the settings as given (train's), enqueued first"
+    )
+    best_trial: NonNegativeInt = Field(
+        description="the published model's trial: the best validation metric of a complete trial"
+    )
+
+    @model_validator(mode="after")
+    def _trials_named(self) -> Self:
+        states = {t.number: t.state for t in self.trials}
+        if len(states) != len(self.trials):
+            raise ValueError("trial numbers repeat")
+        for key in ("defaults_trial", "best_trial"):
+            if getattr(self, key) not in states:
+                raise ValueError(f"{key} {getattr(self, key)} is not among the trials")
+        if states[self.best_trial] != "complete":
+            raise ValueError(f"best_trial {self.best_trial} did not complete")
+        values = [t.value for t in self.trials if t.state == "complete" and t.value is not None]
+        best = max(values) if self.direction == "maximize" else min(values)
+        if next(t.value for t in self.trials if t.number == self.best_trial) != best:
+            raise ValueError(f"best_trial {self.best_trial} is not the best complete trial")
+        return self
+
+
 class Manifest(_Model):
     """Everything bundle.json holds; what the service needs is required, the rest describes."""
 
@@ -209,6 +267,7 @@ class Manifest(_Model):
     best_epoch: NonNegativeInt | None = None
     train_rows_per_second: float | None = None
     artifacts: Artifacts | None = None
+    tuning: Tuning | None = Field(default=None, description="the search that chose the settings")
 
     @property
     def encoder(self) -> FeatureEncoder:
