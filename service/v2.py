@@ -160,16 +160,37 @@ class V2Error(BaseModel):
     error: str
 
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": V2Error, "description": description}
-    for status, description in (
-        (400, "not a valid inference request; the message names the input or output"),
-        (404, "no such model or version is served"),
-        (408, "the body took too long to arrive"),
-        (413, "too many rows or too large a body"),
-        (415, "a compressed body"),
-        (503, "no model loaded and warmed yet, draining, or overloaded"),
-    )
+ERROR_CASES = {
+    400: "not a valid inference request; the message names the input or output",
+    404: "no such model or version is served",
+    408: "the body took too long to arrive",
+    413: "too many rows or too large a body",
+    415: "a compressed body",
+    503: "no model loaded and warmed yet, draining, or overloaded",
+}
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The documented error answers of a route, in V2's shape."""
+    return {s: {"model": V2Error, "description": ERROR_CASES[s]} for s in statuses}
+
+
+def health(*statuses: int) -> dict[str, Any]:
+    """A V2 health route: its status is the answer (200 true, else false), its body empty."""
+    return {
+        "response_class": Response,
+        "responses": {200: {"description": "true, with an empty body"}, **errors(*statuses)},
+    }
+
+
+MODEL_ERRORS = errors(404, 503)
+INFER_ANSWERS: dict[int | str, dict[str, Any]] = {
+    **errors(*ERROR_CASES),
+    200: {
+        "description": "the outputs; with binary outputs, the JSON (its length in the header"
+        " Inference-Header-Content-Length) and then their bytes",
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    },
 }
 
 
@@ -214,12 +235,12 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (KServe V2)"], route_class=V2Route)
 
 
-@router.get("/health/live", summary="V2: the server is alive", responses=ERRORS)
+@router.get("/health/live", summary="V2: the server is alive", **health())
 async def live() -> Response:
     return Response(status_code=200)
 
 
-@router.get("/health/ready", summary="V2: a model is loaded and warm", responses=ERRORS)
+@router.get("/health/ready", summary="V2: a model is loaded and warm", **health(503))
 async def ready(request: Request, runtime: RuntimeDep) -> Response:
     drain: Drain = request.app.state.drain
     if drain.draining:
@@ -235,7 +256,10 @@ async def server_metadata(request: Request) -> Response:
 
 
 @router.get(
-    "/models/{name}", response_model=ModelMetadata, responses=ERRORS, summary="V2: model metadata"
+    "/models/{name}",
+    response_model=ModelMetadata,
+    responses=MODEL_ERRORS,
+    summary="V2: model metadata",
 )
 async def model_metadata(name: str, runtime: RuntimeDep) -> Response:
     return OrjsonResponse(metadata(served(runtime, name, None)))
@@ -244,14 +268,14 @@ async def model_metadata(name: str, runtime: RuntimeDep) -> Response:
 @router.get(
     "/models/{name}/versions/{version}",
     response_model=ModelMetadata,
-    responses=ERRORS,
+    responses=MODEL_ERRORS,
     summary="V2: model metadata of a version",
 )
 async def version_metadata(name: str, version: str, runtime: RuntimeDep) -> Response:
     return OrjsonResponse(metadata(served(runtime, name, version)))
 
 
-@router.get("/models/{name}/ready", responses=ERRORS, summary="V2: the model is ready")
+@router.get("/models/{name}/ready", summary="V2: the model is ready", **health(404, 503))
 async def model_ready(name: str, runtime: RuntimeDep) -> Response:
     served(runtime, name, None)
     return Response(status_code=200)
@@ -259,8 +283,8 @@ async def model_ready(name: str, runtime: RuntimeDep) -> Response:
 
 @router.get(
     "/models/{name}/versions/{version}/ready",
-    responses=ERRORS,
     summary="V2: the model's version is ready",
+    **health(404, 503),
 )
 async def version_ready(name: str, version: str, runtime: RuntimeDep) -> Response:
     served(runtime, name, version)
@@ -306,7 +330,7 @@ INFER_BODY = {
 @router.post(
     "/models/{name}/infer",
     response_model=InferResponse,
-    responses=ERRORS,
+    responses=INFER_ANSWERS,
     openapi_extra=INFER_BODY,
     summary="V2: score rows given as named fields or as the graph's tensors",
 )
@@ -319,7 +343,7 @@ async def infer(
 @router.post(
     "/models/{name}/versions/{version}/infer",
     response_model=InferResponse,
-    responses=ERRORS,
+    responses=INFER_ANSWERS,
     openapi_extra=INFER_BODY,
     summary="V2: score rows with a version of the model",
 )
@@ -402,7 +426,9 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
             [("content-encoding", encoding)],
         )
     declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+    if declared is not None and not (declared.isascii() and declared.isdigit()):
+        raise BadRequest("Content-Length is not a number", [("content-length", "not a number")])
+    if declared is not None and int(declared) > limit:
         raise PayloadTooLarge(
             f"the body is {declared} bytes, the limit is {limit}",
             [("body", f"larger than {limit} bytes")],
@@ -468,13 +494,14 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvie
     """The JSON request and the binary part after it."""
     if header_length is None:
         return body, memoryview(b"")
-    if not header_length.strip().isdigit() or int(header_length) > len(body):
+    digits = header_length.strip()
+    if not (digits.isascii() and digits.isdigit()) or int(digits) > len(body):
         raise BadRequest(
             f"Inference-Header-Content-Length {header_length!r} is not a length within the body"
             f" of {len(body)} bytes",
             [("inference-header-content-length", header_length)],
         )
-    length = int(header_length)
+    length = int(digits)
     return body[:length], memoryview(body)[length:]
 
 
