@@ -67,7 +67,7 @@ def document_model(schema: dict[str, Any], model: ServedModel) -> None:
             "name": field.name,
             "in": "query",
             "required": True,
-            "schema": {"type": "string" if field.kind == "categorical" else "number"},
+            "schema": {"type": "string" if field.kind in ("categorical", "hash") else "number"},
             "example": row[field.name],
             "description": f"{field.kind} field",
         }

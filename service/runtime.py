@@ -41,6 +41,7 @@ from training.bundle.features import (
     BucketField,
     CategoricalField,
     FeatureEncoder,
+    HashedField,
     NumericField,
 )
 
@@ -115,6 +116,7 @@ class ServedModel:
         )
         self._single = {f.name: FeatureEncoder([f]) for f in self.encoder.fields}
         self._categorical = {f.name for f in self.encoder.fields if f.kind == "categorical"}
+        self._hashed = {f.name for f in self.encoder.fields if f.kind == "hash"}
         self._values: Memo[tuple[int, float, int, int]] = Memo(
             settings.value_cache_entries, settings.value_cache_bytes
         )
@@ -275,7 +277,8 @@ class ServedModel:
     def _warm_up_rows(self, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Batches of `size` encoded rows that together hold every vocabulary value and the OOV
         slot of every categorical field, every bucket and the missing slot of every bucket field,
-        and both ends of every numeric field's range (each field cycles through its own values)."""
+        both ends of every numeric field's range, and the missing value and training examples of
+        every hashed field (each field cycles through its own values)."""
         values = {f.name: _warm_up_values(f) for f in self.encoder.fields}
         longest = max(len(column) for column in values.values())
         for start in range(0, longest, size):
@@ -301,7 +304,7 @@ class ServedModel:
             for name, (_, _, new, out) in zip(split.context_fields, shared, strict=True):
                 if name in self._categorical:
                     unseen[name] = new * n
-                else:
+                elif name not in self._hashed:
                     clipped[name] = out * n
         if split.candidate_positions:
             each = split.candidates.encode(columns)
@@ -476,11 +479,15 @@ def _top_and_rest(terms: np.ndarray, k: int) -> tuple[list[list[int]], np.ndarra
     return order[:, :k].tolist(), rest
 
 
-def _field_card(field: CategoricalField | NumericField | BucketField) -> dict[str, Any]:
+def _field_card(
+    field: CategoricalField | NumericField | BucketField | HashedField,
+) -> dict[str, Any]:
     cardinality: int | None
     examples: list[str] | list[float]
     if isinstance(field, CategoricalField):
         cardinality, examples = len(field.vocabulary), field.examples(3)
+    elif isinstance(field, HashedField):
+        cardinality, examples = field.buckets, field.examples(3)
     elif isinstance(field, BucketField):
         cardinality, examples = field.buckets, [round(v, 3) for v in field.representatives()[:3]]
     else:
@@ -493,9 +500,13 @@ def _field_card(field: CategoricalField | NumericField | BucketField) -> dict[st
     }
 
 
-def _warm_up_values(field: CategoricalField | NumericField | BucketField) -> np.ndarray:
+def _warm_up_values(
+    field: CategoricalField | NumericField | BucketField | HashedField,
+) -> np.ndarray:
     if isinstance(field, CategoricalField):
         return np.array([MISSING_VALUE, *field.vocabulary], dtype=object)
+    if isinstance(field, HashedField):
+        return np.array([MISSING_VALUE, *field.common_values], dtype=object)
     if isinstance(field, BucketField):
         return np.array([np.nan, *field.representatives()])  # NaN: the missing slot
     return np.array(field.representatives())

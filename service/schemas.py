@@ -38,6 +38,7 @@ from training.bundle.features import (
     BucketField,
     CategoricalField,
     FeatureEncoder,
+    HashedField,
     NumericField,
 )
 
@@ -168,8 +169,10 @@ class FieldInfo(BaseModel):
     """One input field of the model."""
 
     name: str
-    kind: Literal["categorical", "numeric", "bucket"]
-    cardinality: int | None = Field(description="known values (categorical) or buckets (bucket)")
+    kind: Literal["categorical", "numeric", "bucket", "hash"]
+    cardinality: int | None = Field(
+        description="known values (categorical), buckets (bucket) or hash slots (hash)"
+    )
     examples: list[Value]
 
 
@@ -269,7 +272,19 @@ def parse_reload(body: bytes) -> ReloadRequest:
 _TypedDict: Any = TypedDict
 
 
-def _value_type(field: CategoricalField | NumericField | BucketField, max_length: int) -> Any:
+def _value_type(
+    field: CategoricalField | NumericField | BucketField | HashedField, max_length: int
+) -> Any:
+    if isinstance(field, HashedField):
+        description = (
+            f"hashed into {field.buckets:,} slots: xxh64 of the value's UTF-8 text; an integer"
+            ' id is hashed by its decimal text, so 42 and "42" agree; every value is scored,'
+            " none is unknown"
+        )
+        return Annotated[
+            Annotated[str, StringConstraints(max_length=max_length)] | int,
+            Field(examples=field.examples(3), description=description),
+        ]
     if isinstance(field, CategoricalField):
         description = (
             f"categorical, {len(field.vocabulary)} known values; an unseen value is scored "

@@ -1,4 +1,4 @@
-"""Command line: `python -m training train|tune|evaluate|predict|promote|reproduce` (see `--help`).
+"""Command line: `python -m training train|tune|evaluate|predict|promote|reproduce|make-data` (see `--help`).
 
 The options are documented in docs/training.md; `--help` gives one line each.
 """
@@ -186,6 +186,29 @@ def build_parser(quick: bool = False) -> argparse.ArgumentParser:
         help="training negatives: paper (--paper-negatives), file (--drop-used-negatives)",
     )
     reproduce.add_argument("--seed", type=non_negative_int, default=0, help="the models' seed")
+
+    make_data = commands.add_parser(
+        "make-data",
+        help="generate a data set as Parquet shards: criteo-like (Criteo's 39 fields, planted"
+        " pairs, each row's true click probability in `_oracle`)",
+        formatter_class=formatter,
+    )
+    make_data.add_argument("kind", choices=["criteo-like"], help="the data set to generate")
+    make_data.add_argument("--rows", type=positive_int, required=True, help="rows in all")
+    make_data.add_argument(
+        "--shards", type=positive_int, default=1, help="Parquet files, near equal in rows"
+    )
+    make_data.add_argument("--out", type=Path, required=True, help="directory to write")
+    make_data.add_argument("--seed", type=non_negative_int, default=0, help="the rows' seed")
+    make_data.add_argument(
+        "--world-seed", type=non_negative_int, default=0,
+        help="the seed of the model behind the labels: another --seed of the same world is a"
+        " held-out set",
+    )  # fmt: skip
+    make_data.add_argument(
+        "--row-group-rows", type=positive_int, default=100_000,
+        help="rows generated and written at a time: memory grows with it, not with --rows",
+    )  # fmt: skip
     return parser
 
 
@@ -399,6 +422,19 @@ def main(argv: list[str] | None = None) -> None:
         )  # fmt: skip
     elif args.command == "promote":
         commands.promote(args.models_dir, args.name, args.version, args.by)
+    elif args.command == "make-data":
+        from training.data import criteo_like
+
+        made = criteo_like.write(
+            args.out, args.rows, args.shards, args.seed, args.world_seed, args.row_group_rows
+        )
+        print(
+            f"wrote {made.rows:,} rows in {len(made.files)} shards to {args.out} in"
+            f" {made.seconds:.1f}s ({made.rows / made.seconds:,.0f} rows/s); clicks"
+            f" {made.clicks / made.rows:.3f}, mean true probability {made.mean_oracle:.3f};"
+            f" train with --data {args.out} --fields {criteo_like.suggested_fields()}",
+            flush=True,
+        )
     else:
         recipe = recipes.frappe(
             args.out, args.seed, args.threads, args.device, args.data_dir, args.download,

@@ -10,6 +10,9 @@ A numeric field owns one slot whose x_i is the standardised value, as in the pap
 the value (its log1p under `transform: log1p`, negatives taken as 0) is first clipped to the
 training range [min, max], so x_i is always finite. A bucket field owns one slot per quantile bucket
 learnt in training after a slot for missing values (x_i = 1), and behaves as a categorical field.
+A hashed field owns `buckets` slots and needs no vocabulary: a value's slot is xxh64 (seed 0) of
+its UTF-8 bytes modulo `buckets`, so every value has a slot and none is unknown; an integer id is
+hashed by its decimal text, so 42 and "42" share a slot, and a missing value is the empty text.
 Values that clipping changed are counted per field (`Encoded.clipped`) as unseen categorical values
 are (`Encoded.unseen`).
 """
@@ -23,9 +26,11 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Self
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, model_validator
+import xxhash
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, model_validator
 
-FieldKind = Literal["categorical", "numeric", "log", "bucket"]
+FieldKind = Literal["categorical", "numeric", "log", "bucket", "hash"]
+TEXT_KINDS = ("categorical", "hash")  # read as text; every other kind is read as numbers
 Transform = Literal["none", "log1p"]
 DEFAULT_BUCKETS = 10  # `name:bucket` without a count
 # Every standardised value is clipped to this many standard deviations, the one bound of a numeric
@@ -34,6 +39,8 @@ DEFAULT_BUCKETS = 10  # `name:bucket` without a count
 STANDARDISED_LIMIT = 1e6
 SMALL_COLUMN = 4096  # up to this many rows, look values up one by one
 MISSING = ""  # readers map nulls of categorical columns to this; it is never a vocabulary entry
+HASH_SEED = 0  # xxh64's seed for hashed fields: part of the bundle contract, never changed
+HASH_EXAMPLES = 3  # the most frequent training values a hashed field keeps, as examples
 
 
 @dataclass(frozen=True)
@@ -43,12 +50,12 @@ class FieldSpec:
     name: str
     kind: FieldKind = "categorical"
     min_count: int = 1  # categorical values seen fewer times in training share the OOV slot
-    buckets: int = DEFAULT_BUCKETS  # bucket: quantile buckets learnt from the training values
+    buckets: int = DEFAULT_BUCKETS  # bucket: quantile buckets; hash: slots values hash into
 
     @property
     def numeric(self) -> bool:
         """Read as numbers (numeric, log and bucket fields), not as text."""
-        return self.kind != "categorical"
+        return self.kind not in TEXT_KINDS
 
 
 @dataclass(frozen=True)
@@ -64,8 +71,9 @@ class FeatureSpec:
 
     @classmethod
     def parse(cls, text: str, label: str = "label") -> FeatureSpec:
-        """Parse `user,item,age:numeric,price:log,hour:bucket:4,city:categorical:5`:
-        name[:categorical[:min_count]], name:numeric, name:log or name:bucket[:buckets]."""
+        """Parse `user:hash:100000,item,age:numeric,price:log,hour:bucket:4,city:categorical:5`:
+        name[:categorical[:min_count]], name:numeric, name:log, name:bucket[:buckets] or
+        name:hash:buckets."""
         fields = []
         for item in filter(None, (part.strip() for part in text.split(","))):
             name, *rest = item.split(":")
@@ -79,6 +87,10 @@ class FeatureSpec:
                 if count is not None and count < 2:
                     raise ValueError(f"field {name!r}: a bucket field needs at least 2 buckets")
                 fields.append(FieldSpec(name, "bucket", buckets=count or DEFAULT_BUCKETS))
+            elif kind == "hash":
+                if count is None or count < 1:
+                    raise ValueError(f"field {name!r}: a hashed field needs its buckets, >= 1")
+                fields.append(FieldSpec(name, "hash", buckets=count))
             else:
                 raise ValueError(f"field {name!r}: unknown kind {kind!r}")
         if not fields:
@@ -303,14 +315,69 @@ class BucketField(_FieldModel):
         )
 
 
-AnyField = CategoricalField | NumericField | BucketField
+class HashedField(_FieldModel):
+    """A text or integer id hashed into the field's block of `buckets` slots: a value's global
+    index is offset + xxh64(its UTF-8 text, seed 0) % buckets, an integer's text being its decimal
+    digits and a missing value's the empty text. No vocabulary: every value has a slot, so none is
+    unseen, and values that share a slot share its weights."""
+
+    name: str = Field(min_length=1)
+    kind: Literal["hash"]
+    offset: NonNegativeInt = Field(description="first global index of the block")
+    buckets: PositiveInt = Field(description="slots of the block, the modulus of the hash")
+    hash: Literal["xxh64"] = Field(
+        default="xxh64",
+        description="xxh64 (xxHash, seed 0) of the value's UTF-8 text; an integer is hashed by its"
+        ' decimal text, so 42 and "42" agree',
+    )
+    common_values: list[str] = Field(
+        default_factory=list,
+        description=f"up to {HASH_EXAMPLES} of the most frequent training values, as examples",
+    )
+
+    @property
+    def size(self) -> int:
+        return self.buckets
+
+    def examples(self, n: int = 3) -> list[str]:
+        return self.common_values[:n]
+
+    def encode_values(self, column: Any) -> np.ndarray:
+        """The global index of each raw value (text or integers)."""
+        values = np.asarray(column, dtype=str)
+        expand: np.ndarray | None = None
+        if len(values) > SMALL_COLUMN:
+            # Hash each distinct value once: a long column holds far fewer distinct values than rows.
+            uniques, inverse = np.unique(values, return_inverse=True)
+            values, expand = uniques, inverse.reshape(-1)
+        slots = np.fromiter(
+            (hash_slot(v, self.buckets) for v in values.tolist()), np.int64, len(values)
+        )
+        index = self.offset + slots
+        return index if expand is None else index[expand]
+
+    @classmethod
+    def fitted(cls, name: str, offset: int, column: Any, buckets: int) -> HashedField:
+        common = _fit_vocabulary(np.asarray(column, dtype=str), 1)[:HASH_EXAMPLES]
+        return cls(name=name, kind="hash", offset=offset, buckets=buckets, common_values=common)
+
+
+def hash_slot(value: str | int, buckets: int) -> int:
+    """The slot (0 <= slot < buckets) of a hashed field's raw value within its block: xxh64 with
+    seed 0 of the value's UTF-8 text modulo `buckets`; an integer is hashed by its decimal text."""
+    text = value if isinstance(value, str) else str(int(value))
+    return xxhash.xxh64_intdigest(text.encode("utf-8"), HASH_SEED) % buckets
+
+
+AnyField = CategoricalField | NumericField | BucketField | HashedField
 FittedField = Annotated[AnyField, Field(discriminator="kind")]
 
 
 @dataclass
 class Encoded:
     """Model inputs for N rows of F fields; per categorical field how many values fell back to
-    OOV, per numeric and bucket field how many lay outside the training range (clipped)."""
+    OOV, per numeric and bucket field how many lay outside the training range (clipped); hashed
+    fields are in neither (no value of theirs is unseen or clipped)."""
 
     index: np.ndarray  # (N, F) int64, global indices
     value: np.ndarray  # (N, F) float32, x_i, always finite
@@ -361,7 +428,8 @@ class FeatureEncoder:
 
     @classmethod
     def fit(cls, spec: FeatureSpec, columns: Mapping[str, Any]) -> FeatureEncoder:
-        """Fit vocabularies, numeric statistics and buckets on the training split only."""
+        """Fit vocabularies, numeric statistics, buckets and hashed fields' examples on the
+        training split only."""
         fitted: list[AnyField] = []
         offset = 0
         for fs in spec.fields:
@@ -372,6 +440,8 @@ class FeatureEncoder:
                 ff = CategoricalField.fitted(fs.name, offset, vocabulary)
             elif fs.kind == "bucket":
                 ff = BucketField.fitted(fs.name, offset, column, fs.buckets)
+            elif fs.kind == "hash":
+                ff = HashedField.fitted(fs.name, offset, column, fs.buckets)
             else:
                 transform: Transform = "log1p" if fs.kind == "log" else "none"
                 ff = NumericField.fitted(fs.name, offset, column, transform)
@@ -391,6 +461,8 @@ class FeatureEncoder:
                 index[:, j], unseen[f.name] = _lookup(f, columns[f.name])
             elif isinstance(f, BucketField):
                 index[:, j], clipped[f.name] = f.encode_values(columns[f.name])
+            elif isinstance(f, HashedField):
+                index[:, j] = f.encode_values(columns[f.name])
             else:
                 index[:, j] = f.offset
                 value[:, j], clipped[f.name] = f.encode_values(columns[f.name])
@@ -418,3 +490,11 @@ def _lookup(f: CategoricalField, column: Any) -> tuple[np.ndarray, int]:
     if expand is None:
         return mapped, int(np.count_nonzero(unseen_values))
     return mapped[expand], int(np.count_nonzero(unseen_values[expand]))
+
+
+def spec_item(field: AnyField) -> str:
+    """The `--fields` item that reads a fitted field's column as training read it: `name:kind`,
+    and a hashed field's buckets after it."""
+    if isinstance(field, HashedField):
+        return f"{field.name}:hash:{field.buckets}"
+    return f"{field.name}:{field.kind}"

@@ -16,10 +16,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from training.bundle.features import DEFAULT_BUCKETS, MISSING, FeatureSpec, FieldSpec
+from training.bundle.features import DEFAULT_BUCKETS, MISSING, TEXT_KINDS, FeatureSpec, FieldSpec
 from training.data.splits import Task
 
-KINDS = ("categorical", "numeric", "log", "bucket")  # what --fields declares
+KINDS = ("categorical", "numeric", "log", "bucket", "hash")  # what --fields declares
 DELIMITERS = ",;\t|"  # what --delimiter may be left to find
 SNIFF_BYTES = 64 * 1024
 # text read as a missing number (pyarrow's CSV reader reads these as null too)
@@ -48,11 +48,15 @@ def parse_fields(text: str, label: str) -> FeatureSpec:
         if kind not in KINDS or len(rest) > (1 if kind in ("numeric", "log") else 2):
             raise DataError(
                 f"--fields: {item!r} is not name[:categorical[:min_count]], name:numeric,"
-                " name:log or name:bucket[:buckets]"
+                " name:log, name:bucket[:buckets] or name:hash:buckets"
+            )
+        if kind == "hash" and len(rest) < 2:
+            raise DataError(
+                f"--fields: {item!r}: a hashed field needs its buckets, e.g. {name}:hash:100000"
             )
         count = 1 if kind == "categorical" else DEFAULT_BUCKETS
         if len(rest) == 2:
-            least = 1 if kind == "categorical" else 2
+            least = 1 if kind in TEXT_KINDS else 2
             if not rest[1].isdigit() or int(rest[1]) < least:
                 what = "min_count" if kind == "categorical" else "the number of buckets"
                 raise DataError(f"--fields: {item!r}: {what} must be a whole number >= {least}")
@@ -61,6 +65,8 @@ def parse_fields(text: str, label: str) -> FeatureSpec:
             fields.append(FieldSpec(name, "categorical", min_count=count))
         elif kind == "bucket":
             fields.append(FieldSpec(name, "bucket", buckets=count))
+        elif kind == "hash":
+            fields.append(FieldSpec(name, "hash", buckets=count))
         else:
             fields.append(FieldSpec(name, "numeric" if kind == "numeric" else "log"))
     names = [f.name for f in fields]
@@ -151,12 +157,13 @@ def raw_columns(
     table: pa.Table | pa.RecordBatch,
     role: str,
 ) -> dict[str, np.ndarray]:
-    """Raw values per (name, kind) field as the encoder takes them: categorical text with
-    missing values as MISSING, every other kind float64 with NaN for missing."""
+    """Raw values per (name, kind) field as the encoder takes them: categorical and hashed text
+    (integers as their decimal digits) with missing values as MISSING, every other kind float64
+    with NaN for missing."""
     columns: dict[str, np.ndarray] = {}
     for name, kind in fields:
         column = table.column(name)
-        if kind == "categorical":
+        if kind in TEXT_KINDS:
             text = text_of(column)
             columns[name] = np.where(text == "", MISSING, text)
         else:
@@ -282,8 +289,8 @@ def warn_many_values(where: Path, spec: FeatureSpec, columns: dict[str, np.ndarr
         advice = (
             f"it looks numeric: declare it {f.name}:numeric"
             if numeric
-            else "if it is an id, little of it will generalise; leave it out of --fields or raise"
-            f" its min_count ({f.name}:categorical:5)"
+            else "if it is an id, little of it will generalise; leave it out of --fields, raise"
+            f" its min_count ({f.name}:categorical:5) or hash it ({f.name}:hash:100000)"
         )
         print(
             f"warning: {where}: categorical field {f.name!r} has {distinct:,} distinct values"
