@@ -1,4 +1,5 @@
-"""Command line: `python -m service --host H --port P [--models-dir D] [--model-name N]`."""
+"""Command line: `python -m service --host H --port P [--models-dir D] [--model-name N]
+[--workers N]`."""
 
 from __future__ import annotations
 
@@ -9,15 +10,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
-from service.api import create_app
-from service.drain import DrainingServer
 from service.logging_config import configure_logging
-from service.protocol import limited_protocol
 from service.settings import Settings
+from service.workers import build_server, serve_workers
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--threads", type=int, dest="intra_op_threads", help="onnxruntime intra-op threads"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes on the one port (AFM_WORKERS, default: the cores this process "
+        "may use; 1: no supervisor)",
     )
     parser.add_argument(
         "--log-level",
@@ -70,20 +74,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             file=sys.stderr,
         )
         raise SystemExit(1) from None
-    configure_logging(settings.log_level)
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        http=limited_protocol(settings.max_header_bytes, settings.header_timeout_seconds),
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        timeout_graceful_shutdown=10,
-    )
-    server = DrainingServer(config, app.state.drain, settings.drain_seconds, app.state.metrics)
-    server.run(sockets=[listening])
+    if settings.workers == 1:
+        build_server(settings).run(sockets=[listening])
+    else:
+        configure_logging(settings.log_level)
+        serve_workers(settings, listening)
 
 
 def bind(host: str, port: int) -> socket.socket:

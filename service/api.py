@@ -12,7 +12,8 @@ import logging
 import secrets
 import threading
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from functools import partial
+from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
 import anyio.to_thread
@@ -49,6 +50,9 @@ from service.schemas import (
 )
 from service.settings import Settings
 from service.v2 import router as v2_router
+
+if TYPE_CHECKING:
+    from service.workers import WorkerGroup
 
 log = logging.getLogger("service.api")
 STOP_LOADER_SECONDS = 10.0
@@ -196,6 +200,10 @@ async def reload(
     options = parse_reload(body)
     previous = runtime.model.ref if runtime.ready else None
     served = await anyio.to_thread.run_sync(runtime.reload, options.name, options.version)
+    workers: WorkerGroup | None = request.app.state.workers
+    if workers is not None:
+        for problem in await anyio.to_thread.run_sync(workers.announce, served):
+            log.error("a worker did not follow the reload", extra={"reason": problem})
     return OrjsonResponse({"model": served.ref, "previous": previous})
 
 
@@ -255,11 +263,17 @@ async def read_json_body(
     return b"".join(chunks)
 
 
-def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    runtime: ModelRuntime | None = None,
+    workers: WorkerGroup | None = None,
+) -> FastAPI:
     """The service: loads the configured bundle in the background; ready once it is warm.
 
     At start it serves the newest version that verifies, and tries again every
-    `load_retry_seconds` while none does; shutting down stops the attempts.
+    `load_retry_seconds` while none does; shutting down stops the attempts. One of several
+    worker processes (`workers`) starts on the version of the group's last reload, if any, and
+    follows the reloads the other workers answer.
     """
     settings = settings or Settings()
     metrics = runtime.metrics if runtime and runtime.metrics else ServiceMetrics()
@@ -268,9 +282,8 @@ def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
         stop = threading.Event()
-        loader = threading.Thread(
-            target=runtime.load_at_start, args=(stop,), name="load", daemon=True
-        )
+        start = runtime.load_at_start if workers is None else partial(workers.follow, runtime)
+        loader = threading.Thread(target=start, args=(stop,), name="load", daemon=True)
         if not runtime.ready:
             loader.start()
         yield
@@ -290,6 +303,7 @@ def create_app(settings: Settings | None = None, runtime: ModelRuntime | None = 
     app.state.settings = settings
     app.state.runtime = runtime
     app.state.metrics = metrics
+    app.state.workers = workers
     admission = Admission(
         settings.max_in_flight, settings.max_queued, settings.request_deadline_seconds, metrics
     )

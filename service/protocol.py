@@ -1,11 +1,14 @@
 """The HTTP/1.1 connection: uvicorn's httptools protocol with limits on what a client may send.
 
-- The request line and headers together may take at most `max_header_bytes`; more is a 431.
+- The request line and headers together may take at most `max_header_bytes`; more is a 431,
+  whether they arrive in pieces (counted as received, before they are complete) or at once
+  (counted as parsed).
 - They must arrive within `header_timeout` of the connection opening or of the request's first
   byte; later is a 408.
 - Requests the parser refuses are a 400.
 
-Each of these answers in the one error shape and closes the connection.
+Each of these answers in the one error shape, is counted in `afm_requests` (route `(protocol)`)
+and closes the connection.
 """
 
 from __future__ import annotations
@@ -19,8 +22,13 @@ import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service.errors import BadRequest, HeadersTooLarge, RequestTimeout, ServiceError
+from service.metrics import ServiceMetrics
 
 log = logging.getLogger("service.api")
+
+
+class _HeadersOverLimit(Exception):
+    """Raised in a parser callback to stop parsing a request whose headers are over the limit."""
 
 
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
@@ -28,10 +36,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     max_header_bytes = 64 << 10
     header_timeout = 10.0
+    metrics: ServiceMetrics | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.header_bytes = 0
+        self.parsed_header_bytes = 0
+        self.headers_too_large = False
         self.reading_headers = True
         self.header_timer: asyncio.TimerHandle | None = None
 
@@ -48,17 +59,29 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self.header_bytes += len(data)
         super().data_received(data)
         if self.reading_headers and self.header_bytes > self.max_header_bytes:
-            self.refuse(
-                HeadersTooLarge(
-                    f"the request line and headers are over {self.max_header_bytes} bytes",
-                    [("headers", f"larger than {self.max_header_bytes} bytes")],
-                )
-            )
+            self.refuse(self._too_large())
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self.parsed_header_bytes = 0
         if self.header_timer is None:
             self._arm_header_timer()
+
+    def on_url(self, url: bytes) -> None:
+        self._count_parsed(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_parsed(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def _count_parsed(self, size: int) -> None:
+        """Headers that arrived whole in one read are only seen here; over the limit, stop the
+        parser (uvicorn then calls `send_400_response`, which answers 431)."""
+        self.parsed_header_bytes += size
+        if self.parsed_header_bytes > self.max_header_bytes:
+            self.headers_too_large = True
+            raise _HeadersOverLimit
 
     def on_headers_complete(self) -> None:
         self.reading_headers = False
@@ -71,7 +94,16 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.header_bytes = 0
 
     def send_400_response(self, msg: str) -> None:
-        self.refuse(BadRequest("the request is not valid HTTP/1.1", [("request", msg)]))
+        if self.headers_too_large:
+            self.refuse(self._too_large())
+        else:
+            self.refuse(BadRequest("the request is not valid HTTP/1.1", [("request", msg)]))
+
+    def _too_large(self) -> HeadersTooLarge:
+        return HeadersTooLarge(
+            f"the request line and headers are over {self.max_header_bytes} bytes",
+            [("headers", f"larger than {self.max_header_bytes} bytes")],
+        )
 
     def refuse(self, error: ServiceError) -> None:
         """Answer `error` in the one error shape, outside any request, and close."""
@@ -79,6 +111,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         log.warning("connection refused", extra={"status": error.status_code, "code": error.code})
+        if self.metrics is not None:
+            self.metrics.count_refused(error.status_code)
         body = orjson.dumps(error.body())
         status = HTTPStatus(error.status_code)
         head = [f"HTTP/1.1 {status.value} {status.phrase}".encode("ascii")]
@@ -112,10 +146,17 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             )
 
 
-def limited_protocol(max_header_bytes: int, header_timeout: float) -> type[HttpToolsProtocol]:
-    """The protocol class for uvicorn's `http` option, with these limits."""
+def limited_protocol(
+    max_header_bytes: int, header_timeout: float, metrics: ServiceMetrics | None = None
+) -> type[HttpToolsProtocol]:
+    """The protocol class for uvicorn's `http` option, with these limits, counting its refusals
+    in `metrics`."""
     return type(
         "LimitedHttpToolsProtocol",
         (LimitedHttpToolsProtocol,),
-        {"max_header_bytes": max_header_bytes, "header_timeout": header_timeout},
+        {
+            "max_header_bytes": max_header_bytes,
+            "header_timeout": header_timeout,
+            "metrics": metrics,
+        },
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 from pathlib import Path
@@ -22,6 +23,11 @@ def name_problem(name: str) -> str | None:
     if not MODEL_NAME.fullmatch(name) or name in (".", ".."):
         return "a model name is letters, digits, '.', '_' and '-', and not '.' or '..'"
     return None
+
+
+def usable_cores() -> int:
+    """The CPUs this process may run on (its affinity, as `taskset` or a container sets it)."""
+    return len(os.sched_getaffinity(0))
 
 
 def _model_name(name: str) -> str:
@@ -61,6 +67,10 @@ class Settings(BaseSettings):
 
     intra_op_threads: Annotated[int, Field(ge=0)] = 1
     """onnxruntime intra-op threads per inference (0: one per core); scale out with replicas."""
+
+    workers: Annotated[int, Field(ge=1, default_factory=usable_cores)]
+    """Worker processes serving the one port, each with its own onnxruntime session (default: the
+    cores this process may use); 1 serves from this process alone."""
 
     max_candidates: Annotated[int, Field(ge=1)] = 1000
     """Most rows (instances or candidates) one request may ask to score; more is a 413."""

@@ -1,5 +1,6 @@
 """Graceful shutdown through a real process: SIGTERM drains first (readiness 503, requests still
-served with `Connection: close`), then the process stops and exits 0."""
+served with `Connection: close`), then the process stops and exits 0. The same with two worker
+processes under the supervisor, which passes the signal on to each."""
 
 from __future__ import annotations
 
@@ -9,16 +10,21 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.service.conftest import CONTEXT, start_server, stop_server
 
 DRAIN_SECONDS = 4.0
 
+pytestmark = pytest.mark.parametrize("workers", ["1", "2"])
+
 
 def test_sigterm_drops_readiness_keeps_serving_then_exits_cleanly(
-    models_dir: Path, tmp_path: Path
+    models_dir: Path, tmp_path: Path, workers: str
 ) -> None:
-    server = start_server(models_dir, tmp_path, AFM_DRAIN_SECONDS=str(DRAIN_SECONDS))
+    server = start_server(
+        models_dir, tmp_path, "--workers", workers, AFM_DRAIN_SECONDS=str(DRAIN_SECONDS)
+    )
     try:
         server.process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + DRAIN_SECONDS
@@ -38,13 +44,13 @@ def test_sigterm_drops_readiness_keeps_serving_then_exits_cleanly(
 
         assert server.process.wait(timeout=DRAIN_SECONDS + 20) == 0
         logs = server.logs()
-        assert any(line.get("message") == "draining" for line in logs)
+        assert sum(line.get("message") == "draining" for line in logs) == int(workers)
     finally:
         stop_server(server)
 
 
-def test_sigint_stops_without_draining(models_dir: Path, tmp_path: Path) -> None:
-    server = start_server(models_dir, tmp_path, AFM_DRAIN_SECONDS="600")
+def test_sigint_stops_without_draining(models_dir: Path, tmp_path: Path, workers: str) -> None:
+    server = start_server(models_dir, tmp_path, "--workers", workers, AFM_DRAIN_SECONDS="600")
     try:
         server.process.send_signal(signal.SIGINT)
         assert server.process.wait(timeout=30) == 0
@@ -53,10 +59,15 @@ def test_sigint_stops_without_draining(models_dir: Path, tmp_path: Path) -> None
 
 
 def test_shutdown_finishes_the_requests_a_connection_has_sent(
-    models_dir: Path, tmp_path: Path
+    models_dir: Path, tmp_path: Path, workers: str
 ) -> None:
     server = start_server(
-        models_dir, tmp_path, AFM_DRAIN_SECONDS="0", AFM_AUTH_FAILURE_DELAY_SECONDS="2"
+        models_dir,
+        tmp_path,
+        "--workers",
+        workers,
+        AFM_DRAIN_SECONDS="0",
+        AFM_AUTH_FAILURE_DELAY_SECONDS="2",
     )
     try:
         host, port = server.url.removeprefix("http://").split(":")

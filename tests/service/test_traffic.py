@@ -188,3 +188,21 @@ def test_a_wrong_admin_key_is_answered_late_without_blocking_others(limited: Ser
     assert answer.json()["error"]["code"] == "unauthorized"
     assert seconds >= 2.0
     assert pending_after_probe
+
+
+def test_answers_sent_before_any_route_are_counted_in_metrics(limited: Server) -> None:
+    def refused(status: int) -> float:
+        return metric(
+            limited.url, f'afm_requests_total{{method="-",route="(protocol)",status="{status}"}}'
+        )
+
+    before = {status: refused(status) for status in (400, 408, 431)}
+    assert exchange(limited.url, b"NOT HTTP AT ALL\r\n\r\n")[0] == 400
+    assert exchange(limited.url, b"GET /healthz HTTP/1.1\r\nHost: x\r\n")[0] == 408
+    too_large = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 8192 + b"\r\n\r\n"
+    assert exchange(limited.url, too_large)[0] == 431
+    assert {status: refused(status) - before[status] for status in before} == {
+        400: 1,
+        408: 1,
+        431: 1,
+    }
