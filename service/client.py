@@ -8,6 +8,9 @@ Usage:
 A call that fails to reach the service (a transport error) or is answered 503 is tried again up to
 `retries` times, after `backoff` seconds doubled on each try, or after the answer's `Retry-After`
 (at most MAX_RETRY_AFTER seconds).
+
+A client holds one httpx connection pool for all its calls: create it once and share it. It needs
+only httpx (the `client` extra), none of the service's own dependencies.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import httpx
 
 Row = Mapping[str, str | float]
 MAX_RETRY_AFTER = 30.0
+POOL = httpx.Limits(max_connections=100, max_keepalive_connections=20)  # httpx's own defaults
 
 
 class ModelRef(TypedDict):
@@ -163,17 +167,20 @@ class AFMClient:
         base_url: str,
         *,
         api_key: str | None = None,
-        timeout: float = 10.0,
+        timeout: float | httpx.Timeout = 10.0,
         retries: int = 2,
         backoff: float = 0.1,
+        limits: httpx.Limits = POOL,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        """`retries`: tries after the first on a transport error or a 503; `backoff`: seconds
-        before the first of them, doubled on each (a 503's Retry-After wins)."""
+        """`timeout`: seconds for each of connecting, sending, waiting and reading (or an
+        httpx.Timeout); `retries`: tries after the first on a transport error or a 503;
+        `backoff`: seconds before the first of them, doubled on each (a 503's Retry-After wins);
+        `limits`: the connection pool's size."""
         self.retries, self.backoff = retries, backoff
         headers = {"X-API-Key": api_key} if api_key else {}
         self._http = httpx.Client(
-            base_url=base_url, timeout=timeout, headers=headers, transport=transport
+            base_url=base_url, timeout=timeout, headers=headers, limits=limits, transport=transport
         )
 
     def _send(self, method: str, url: str, **options: Any) -> httpx.Response:
@@ -266,16 +273,17 @@ class AsyncAFMClient:
         base_url: str,
         *,
         api_key: str | None = None,
-        timeout: float = 10.0,
+        timeout: float | httpx.Timeout = 10.0,
         retries: int = 2,
         backoff: float = 0.1,
+        limits: httpx.Limits = POOL,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        """`retries` and `backoff` as for AFMClient."""
+        """`timeout`, `retries`, `backoff` and `limits` as for AFMClient."""
         self.retries, self.backoff = retries, backoff
         headers = {"X-API-Key": api_key} if api_key else {}
         self._http = httpx.AsyncClient(
-            base_url=base_url, timeout=timeout, headers=headers, transport=transport
+            base_url=base_url, timeout=timeout, headers=headers, limits=limits, transport=transport
         )
 
     async def _send(self, method: str, url: str, **options: Any) -> httpx.Response:
