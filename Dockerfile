@@ -6,7 +6,8 @@
 #            docker build --network host --target train -t afm-train .
 #
 # Both take their settings from the environment (AFM_*; README.md, section Docker). The service
-# serves AFM_MODEL_NAME from AFM_MODELS_DIR (/models; without a name: the only model there).
+# serves AFM_MODEL_NAME from AFM_MODELS_DIR (/models; without a name: the only model there), in
+# AFM_WORKERS worker processes (unset or empty: one per CPU the container may use, its cpuset).
 #
 # Torch for the train target: pip looks in deploy/wheels/ first (an ignored folder: put a torch
 # wheel there to build offline or to avoid PyPI's multi-GB CUDA build; deploy/docker-test.sh copies
@@ -65,6 +66,7 @@ EXPOSE 8000
 # Healthy only when the model is loaded and warmed: GET /readyz answers 200 (a 503 raises).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('AFM_PORT', '8000'), timeout=2)"]
+# AFM_WORKERS worker processes on AFM_PORT (docker run -e AFM_WORKERS=4; default: the cpuset).
 CMD ["python", "-m", "service"]
 WORKDIR /app
 USER afm

@@ -70,7 +70,7 @@ class Settings(BaseSettings):
 
     workers: Annotated[int, Field(ge=1, default_factory=usable_cores)]
     """Worker processes serving the one port, each with its own onnxruntime session (default: the
-    cores this process may use); 1 serves from this process alone."""
+    cores this process may use, also when set empty); 1 serves from this process alone."""
 
     max_candidates: Annotated[int, Field(ge=1)] = 1000
     """Most rows (instances or candidates) one request may ask to score; more is a 413."""
@@ -144,6 +144,11 @@ class Settings(BaseSettings):
 
     replica: str = Field(default_factory=socket.gethostname)
     """Name of this replica, sent in the `X-Served-By` header of every response (default: host)."""
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _cores_when_empty(cls, value: object) -> object:
+        return usable_cores() if value == "" else value
 
     @field_validator("api_keys", mode="before")
     @classmethod
