@@ -10,7 +10,9 @@ to CPU 1:
 * the service's request path without HTTP (a diagnostic): parse + validate + encode + predict +
   serialise a request body in-process, to split the gap between HTTP and the rest;
 * the service (ours): `python -m service` under `taskset -c 0`, AFM_INTRA_OP_THREADS=1, access log
-  off;
+  off; one worker, and two worker processes (`--workers 2`) sharing CPU 0, to see what the
+  supervisor and the shared metrics cost and whether each worker takes a fair share of the
+  requests (on two CPUs with the load on one, two workers cannot run faster than one);
 * the tutorial service (peer 2): benchmarks/peers/tutorial_service.py (FastAPI, a pydantic object
   per candidate, PyTorch eager) under the same pinning and load.
 
@@ -46,12 +48,14 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -258,6 +262,7 @@ class Server:
     port: int
     log: Path
     running: ServerProcess | None = None
+    workers: int = 1
 
     @property
     def url(self) -> str:
@@ -275,7 +280,7 @@ class Server:
             self.running.stop(timeout=10)
 
 
-def service_server(bundle_dir: Path, pin: bool, log: Path) -> Server:
+def service_server(bundle_dir: Path, pin: bool, log: Path, workers: int = 1) -> Server:
     port = free_port()
     command = [
         *taskset(SERVER_CPU, pin),
@@ -285,8 +290,12 @@ def service_server(bundle_dir: Path, pin: bool, log: Path) -> Server:
             "--log-level", "warning",
         ),
     ]  # fmt: skip
-    env = {"AFM_INTRA_OP_THREADS": "1", "AFM_ACCESS_LOG": "false", "AFM_MAX_CANDIDATES": "1000"}
-    return Server("service", command, env, port, log)
+    env = {
+        "AFM_INTRA_OP_THREADS": "1", "AFM_ACCESS_LOG": "false", "AFM_MAX_CANDIDATES": "1000",
+        "AFM_WORKERS": str(workers),
+    }  # fmt: skip
+    name = "service" if workers == 1 else f"service, {workers} workers"
+    return Server(name, command, env, port, log, workers=workers)
 
 
 def tutorial_server(bundle_dir: Path, pin: bool, log: Path) -> Server:
@@ -442,6 +451,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def server_cpu_seconds(pid: int) -> float:
+    """CPU time of a server process and of its live children (the workers of `--workers N`)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return cpu_seconds(pid) + sum(cpu_seconds(int(child)) for child in children)
+
+
+def answers_by_worker(url: str) -> dict[str, float]:
+    """`afm_worker_requests` of each worker (by pid) from the service's `/metrics`."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    found = re.findall(r'^afm_worker_requests\{pid="(\d+)"\} (\S+)$', text, re.MULTILINE)
+    return {pid: float(count) for pid, count in found}
+
+
 @dataclass
 class Row:
     way: str
@@ -466,15 +489,22 @@ def measure_server(
         for n, body in bodies.items():
             if use_wrk:
                 wrk_saturation(server.url, body_files[n], args.connections, 1, pin, work)  # warm
-                cpu = cpu_seconds(pid)
+                answered = answers_by_worker(server.url) if server.workers > 1 else {}
+                cpu = server_cpu_seconds(pid)
                 sat = wrk_saturation(
                     server.url, body_files[n], args.connections, args.duration, pin, work
                 )
             else:
                 python_saturation(server.port, body, args.connections, 1, pin)  # warm-up
-                cpu = cpu_seconds(pid)
+                answered = answers_by_worker(server.url) if server.workers > 1 else {}
+                cpu = server_cpu_seconds(pid)
                 sat = python_saturation(server.port, body, args.connections, args.duration, pin)
-            cpu = cpu_seconds(pid) - cpu
+            cpu = server_cpu_seconds(pid) - cpu
+            if answered:
+                after = answers_by_worker(server.url)
+                each = sorted(after[w] - answered.get(w, 0) for w in after)
+                shares = " / ".join(f"{x / sum(each):.0%}" for x in each)
+                notes.append(f"{n}: each worker's share of the requests {shares}")
             half = open_loop_latency(server.port, body, sat.rate / 2, args.duration, pin)
             rates[n] = Rate(sat.rate * n, sat.requests * n / cpu, half.p50_ms, half.p99_ms)
             if sat.errors or half.errors:
@@ -576,6 +606,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-pin", action="store_true", help="do not pin the server and the load to CPUs"
     )
+    parser.add_argument(
+        "--workers", type=int, default=2,
+        help="also measure the service with this many worker processes on the server CPU "
+        "(default 2; 1: skip)",
+    )  # fmt: skip
     return parser
 
 
@@ -614,10 +649,17 @@ def main(argv: Sequence[str] | None = None) -> str:
     report("limit, before the servers", limit_before)
     report("request path, no HTTP", path)
     servers = [service_server(bundle_dir, pin, work / "service.log")]
+    if args.workers > 1:
+        servers.append(
+            service_server(bundle_dir, pin, work / "service-workers.log", workers=args.workers)
+        )
     if not args.no_tutorial:
         servers.append(tutorial_server(bundle_dir, pin, work / "tutorial.log"))
     labels = {
         "service": "this service: FastAPI + onnxruntime (`python -m service`)",
+        f"service, {args.workers} workers": (
+            f"this service, `--workers {args.workers}` on the one server CPU (all workers' CPU)"
+        ),
         "tutorial": "tutorial: FastAPI + pydantic per candidate + PyTorch eager",
     }
     served = []
