@@ -75,6 +75,9 @@ def document_model(schema: dict[str, Any], model: ServedModel) -> None:
         for row in [{**context, **candidates[0]}]
     ]
     explain = schema["paths"]["/explain"]["get"]
+    for parameter in explain.get("parameters", []):
+        if parameter["name"] == "top_k":
+            parameter["schema"]["maximum"] = model.schemas.num_pairs
     explain["parameters"] = fields + explain.get("parameters", [])
 
 
