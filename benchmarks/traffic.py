@@ -132,7 +132,7 @@ METRIC_LINE = re.compile(r"^(\w+)(?:\{([^}]*)\})? (\S+)$")
 
 def scrape(url: str) -> dict[str, float]:
     """`/metrics` as `name{labels}` -> value, for the few series the report quotes."""
-    text = httpx.get(f"{url}/metrics", timeout=10).text
+    text = httpx.get(f"{url}/metrics", timeout=120).text  # a server may still be catching up
     values = {}
     for line in text.splitlines():
         if (match := METRIC_LINE.match(line)) is not None:
@@ -524,7 +524,8 @@ class OverloadResult:
 def saturation_rate(
     server: Server, body: bytes, args: argparse.Namespace, pin: bool, work: Path
 ) -> tuple[float, str]:
-    """The closed-loop maximum in requests/s (wrk when installed, else the Python loop)."""
+    """The closed-loop maximum of 200s per second (wrk when installed, else the Python loop);
+    refusals are not counted, since a server that refuses quickly would seem faster."""
     seconds = args.saturation_seconds
     if shutil.which("wrk") is not None and not args.python_saturation:
         body_file = work / "overload.json"
@@ -537,8 +538,8 @@ def saturation_rate(
         load = python_saturation(server.port, body, args.connections, seconds, pin)
         generator = f"Python closed loop, {args.connections} connections, {seconds:g} s"
     if load.errors:
-        generator += f" ({load.errors} non-200)"
-    return load.rate, generator
+        generator += f", {load.errors:,} of {load.requests:,} answers not 200 and not counted"
+    return (load.requests - load.errors) / load.seconds, generator
 
 
 async def overloaded(
@@ -567,6 +568,7 @@ def overload_scenario(
             over, probes = _run(
                 overloaded(server.port, body, rate * 4, seconds, args.open_connections)
             )
+            print(f"  4x: {_phase(Phase.of(rate * 4, seconds, over))}", file=sys.stderr)
         metrics = scrape(server.url)
     probe_ok = [o.latency for o in probes if o.status == 200]
     return OverloadResult(
