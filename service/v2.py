@@ -665,7 +665,7 @@ def binary_numbers(tensor: TensorInput, raw: memoryview) -> np.ndarray:
 
 def json_strings(name: str, data: Any) -> list[str]:
     flat = _flatten(data)
-    if not all(isinstance(value, str) for value in flat):
+    if set(map(type, flat)) - {str}:
         raise BadRequest(
             f"input {name!r}: BYTES data must be strings", [(f"inputs.{name}", "not a string")]
         )
@@ -691,7 +691,7 @@ def json_numbers(tensor: TensorInput) -> np.ndarray:
 def _flatten(data: Any) -> list[Any]:
     if not isinstance(data, list):
         return [data]
-    if not any(isinstance(value, list) for value in data):
+    if not data or type(data[0]) is not list:  # flat; a list deeper in is no string, refused
         return data
     return [leaf for value in data for leaf in _flatten(value)]
 

@@ -6,6 +6,8 @@ input."""
 from __future__ import annotations
 
 import json
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
+from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
 from service.client import AFMClient
@@ -406,11 +409,27 @@ def test_too_many_rows_is_a_413_and_bad_binary_data_a_400(
     assert response.status_code == 415 and "gzip" in response.json()["error"]
 
 
-def test_v2_requests_are_counted_and_documented(server: Server, client: AFMClient) -> None:
-    httpx.get(f"{server.url}/v2/health/ready")
-    metrics = client.metrics()
-    assert 'afm_requests_total{method="GET",route="/v2/health/ready",status="200"}' in metrics
-    assert 'route="/v2/models/{name}/infer"' in metrics
+def request_counts(metrics: str) -> dict[tuple[str, str, str], float]:
+    """`afm_requests_total` by (route, method, status)."""
+    return {
+        (s.labels["route"], s.labels["method"], s.labels["status"]): s.value
+        for family in text_string_to_metric_families(metrics)
+        for s in family.samples
+        if s.name == "afm_requests_total"
+    }
+
+
+def test_v2_requests_are_counted_and_documented(
+    server: Server, client: AFMClient, served_bundle: bundles.Bundle
+) -> None:
+    infer = ("/v2/models/{name}/infer", "POST", "400")
+    ready = ("/v2/health/ready", "GET", "200")
+    before = request_counts(client.metrics())
+    assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
+    assert post_v2(server, served_bundle.name, {"inputs": []}).status_code == 400
+    after = request_counts(client.metrics())
+    for key in (infer, ready):
+        assert after[key] == before.get(key, 0) + 1, key
     paths = httpx.get(f"{server.url}/openapi.json").json()["paths"]
     for path in ("/v2/health/live", "/v2/health/ready", "/v2", "/v2/models/{name}",
                  "/v2/models/{name}/ready", "/v2/models/{name}/infer",
@@ -446,6 +465,30 @@ def test_a_server_without_a_model_is_live_but_not_ready(
         inputs = field_inputs(served_bundle, rows_of(served_bundle, 2), binary=True)
         refused = refusal(lambda: client.infer(name, inputs))
         assert refused.status() == "503" and "not loaded yet" in str(refused.message())
+        client.close()
+    finally:
+        server.running.stop()
+
+
+def test_readiness_drops_while_draining_and_inference_goes_on(
+    models_dir: Path, tmp_path: Path, served_bundle: bundles.Bundle
+) -> None:
+    drain_seconds = 4.0
+    server = start_server(
+        models_dir, tmp_path, "--workers", "1", AFM_DRAIN_SECONDS=str(drain_seconds)
+    )
+    try:
+        client = triton.InferenceServerClient(server.url.removeprefix("http://"))
+        assert client.is_server_ready()
+        server.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + drain_seconds
+        while client.is_server_ready() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        ready = httpx.get(f"{server.url}/v2/health/ready")
+        assert ready.status_code == 503 and "draining" in ready.json()["error"]
+        assert client.is_server_live()
+        inputs = field_inputs(served_bundle, rows_of(served_bundle, 2), binary=True)
+        assert client.infer(served_bundle.name, inputs).as_numpy("score").shape == (2,)
         client.close()
     finally:
         server.running.stop()
