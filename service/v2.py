@@ -3,8 +3,8 @@
 KServe, Triton's clients (`tritonclient.http`) and tools written for them call the served model
 through these routes unchanged. An inference request sends either
 
-- the model's named fields, one input per field: BYTES for a categorical field, FP32 or FP64 for a
-  numeric or bucket field, each of shape [N] or [N, 1]; they are validated and encoded as
+- the model's named fields, one input per field: BYTES for a categorical or hashed field, FP32 or
+  FP64 for a numeric or bucket field, each of shape [N] or [N, 1]; they are validated and encoded as
   `/predict` encodes instances (the same encoder, unseen values through the OOV slot, counted), or
 - the graph's own inputs, `feature_index` (INT64 [N, F]) and `feature_value` (FP32 [N, F]),
   checked to lie in each field's block.
