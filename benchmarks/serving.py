@@ -392,7 +392,14 @@ async def _open_loop(port: int, request: bytes, rate: float, seconds: float) -> 
     async def one(due: float) -> None:
         nonlocal errors
         conn = idle.pop() if idle else await asyncio.open_connection(HOST, port)
-        ok = await _exchange(*conn, request)
+        try:
+            ok = await _exchange(*conn, request)
+        except (asyncio.IncompleteReadError, ConnectionResetError):
+            # a keep-alive connection the server closed while it sat idle (uvicorn's 5 s
+            # timeout_keep_alive): send again on a new one, as HTTP clients do
+            conn[1].close()
+            conn = await asyncio.open_connection(HOST, port)
+            ok = await _exchange(*conn, request)
         latencies.append(time.perf_counter() - due)
         errors += not ok
         idle.append(conn)
