@@ -618,6 +618,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="also measure the service with this many worker processes on the server CPU "
         "(default 2; 1: skip)",
     )  # fmt: skip
+    parser.add_argument(
+        "--batching", action="store_true",
+        help="instead of the budget table: single-row requests at --batch-connections, the "
+        "service with dynamic batching off and on, in turns (--batch-rounds each)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--batch-connections", type=int, default=64,
+        help="connections of the batching scenario's saturating load (default 64)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--batch-rounds", type=int, default=3,
+        help="turns of batching off then on in the batching scenario (default 3)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--batch-wait-ms", type=float, default=0.0,
+        help="AFM_BATCH_WAIT_MS of the batching scenario's server (default 0)",
+    )  # fmt: skip
     return parser
 
 
@@ -640,6 +657,11 @@ def main(argv: Sequence[str] | None = None) -> str:
     bodies = {n: orjson.dumps(r) for n, r in requests.items()}
     RESULTS.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="serving-", dir=RESULTS))
+    if args.batching:
+        table = batching_scenario(bundle_dir, encoder, args, given, use_wrk, pin, work)
+        print(table)
+        shutil.rmtree(work, ignore_errors=True)
+        return table
     body_files = {}
     for n, body in bodies.items():
         body_files[n] = work / f"body{n}.json"

@@ -4,11 +4,12 @@ Each request is parsed, validated and encoded on its own, so its unseen and clip
 its own; then it waits in the batcher's queue. One task drains the queue in arrival order: it
 takes the first waiting request and those behind it, up to `max_rows` rows in all, waiting at
 most `wait_seconds` from the first one's arrival for more to come; concatenates their rows; runs
-the graph once in the worker-thread pool (the event loop parses and encodes the next requests
-meanwhile); and hands each request its own rows of every output. A request for another model (a
-reload came in between) or for other outputs (explanations) ends a batch and starts the next, so
-nothing is reordered or mixed. When a merged call fails, its requests are run again one by one,
-so an error reaches only the request that causes it.
+the graph once, in the worker-thread pool, while the event loop parses and encodes the next
+requests (a request alone is scored on the loop, as without batching: a thread hop costs more
+than its call); and hands each request its own rows of every output. A request for another
+model (a reload came in between) or for other outputs (explanations) ends a batch and starts the
+next, so nothing is reordered or mixed. When a merged call fails, its requests are run again one
+by one, so an error reaches only the request that causes it.
 """
 
 from __future__ import annotations
@@ -152,15 +153,15 @@ class Batcher:
         first = taken[0]
         if self._merged is not None:
             self._merged.observe(len(taken))
-        if len(taken) == 1:
-            await self._score_alone(first)
+        if len(taken) == 1:  # as without batching: a small call is cheaper than a thread hop
+            _settle(first)
             return
         merged = _concatenate([w.batch for w in taken])
         try:
             out = await anyio.to_thread.run_sync(first.model.run, merged, first.outputs)
         except Exception:
             for waiting in taken:
-                await self._score_alone(waiting)
+                _settle(waiting)
             return
         start = 0
         for waiting in taken:
@@ -169,15 +170,17 @@ class Batcher:
                 waiting.answer.set_result({name: rows[start:stop] for name, rows in out.items()})
             start = stop
 
-    async def _score_alone(self, waiting: _Waiting) -> None:
-        try:
-            out = await anyio.to_thread.run_sync(waiting.model.run, waiting.batch, waiting.outputs)
-        except Exception as error:
-            if not waiting.answer.done():
-                waiting.answer.set_exception(error)
-            return
+
+def _settle(waiting: _Waiting) -> None:
+    """Score one request alone, on the loop, and hand it its outputs or its error."""
+    try:
+        out = waiting.model.run(waiting.batch, waiting.outputs)
+    except Exception as error:
         if not waiting.answer.done():
-            waiting.answer.set_result(out)
+            waiting.answer.set_exception(error)
+        return
+    if not waiting.answer.done():
+        waiting.answer.set_result(out)
 
 
 def _concatenate(batches: list[Batch]) -> Batch:

@@ -87,16 +87,17 @@ class Settings(BaseSettings):
     threadpool_min_rows: Annotated[int, Field(ge=0)] = 64
     """Requests of at least this many rows run onnxruntime in a worker thread, off the loop."""
 
-    batching: bool = False
+    batching: bool = True
     """Score concurrent `/predict` requests of fewer rows than `threadpool_min_rows` together, in
     one onnxruntime call in a worker thread (dynamic batching)."""
 
     batch_max_rows: Annotated[int, Field(ge=1)] = 256
     """Most rows one batched call scores, all its requests together."""
 
-    batch_wait_ms: Annotated[float, Field(ge=0, le=1000)] = 1.0
-    """Longest a request waits for others to join its batched call, from its arrival (0: take
-    only the requests already waiting)."""
+    batch_wait_ms: Annotated[float, Field(ge=0, le=1000)] = 0.0
+    """Longest a request waits for others to join its batched call, from its arrival; at 0 a
+    call takes the requests already waiting, which under load are those that arrived during the
+    call before."""
 
     value_cache_entries: Annotated[int, Field(ge=0)] = 1 << 16
     """Most context values kept encoded across requests, all fields together (0: none)."""
