@@ -577,6 +577,81 @@ def report(name: str, rates: dict[int, Rate]) -> None:
     print(f"  {name}: {each}; load {load_average()}", file=sys.stderr)
 
 
+def batching_scenario(
+    bundle_dir: Path,
+    encoder: FeatureEncoder,
+    args: argparse.Namespace,
+    given: list[str],
+    use_wrk: bool,
+    pin: bool,
+    work: Path,
+) -> str:
+    """Single-row `instances` requests on many connections: the service with dynamic batching
+    off, then on, in turns; saturation throughput, server CPU, and latency at half of each one's
+    own saturation. Returns the markdown section."""
+    request = ranking_request(encoder, 1)
+    body = orjson.dumps({"instances": [{**request["context"], **request["candidates"][0]}]})
+    body_file = work / "single-row.json"
+    body_file.write_bytes(body)
+    load = argparse.Namespace(**{**vars(args), "connections": args.batch_connections})
+    started = dt.datetime.now(dt.UTC)
+    load_before = load_average()
+    turns: list[tuple[Row, Row]] = []
+    for turn in range(args.batch_rounds):
+        measured = []
+        for batching in ("false", "true"):
+            server = service_server(bundle_dir, pin, work / f"batching-{batching}-{turn}.log")
+            server.name = f"batching {'on' if batching == 'true' else 'off'}"
+            server.env.update(
+                {
+                    "AFM_WORKERS": "1",
+                    "AFM_BATCHING": batching,
+                    "AFM_BATCH_WAIT_MS": f"{args.batch_wait_ms:g}",
+                }
+            )
+            measured.append(
+                measure_server(server, {1: body}, {1: body_file}, load, use_wrk, pin, work)
+            )
+        turns.append((measured[0], measured[1]))
+    saturation = (
+        f"wrk -t1 -c{args.batch_connections} -d{args.duration:g}s (closed loop)"
+        if use_wrk
+        else f"Python closed loop, {args.batch_connections} connections, {args.duration:g} s"
+    )
+    lines = [
+        "## Dynamic batching, single-row requests",
+        "",
+        f"- date: {started.strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- machine: {cpu_model()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "- command: `" + shlex.join([".venv/bin/python", "-m", "benchmarks.serving", *given]) + "`",
+        f'- request: `{{"instances": [one row]}}`, {len(body)} bytes; server on CPU '
+        f"{SERVER_CPU} and the load on CPU {CLIENT_CPU}" + ("" if pin else " (not pinned)"),
+        f"- saturation: {saturation}; latency: open loop at half of each one's saturation",
+        f"- batching on: AFM_BATCH_WAIT_MS={args.batch_wait_ms:g}, AFM_BATCH_MAX_ROWS default",
+        f"- load average: {load_before} before, {load_average()} after",
+        "",
+        "| turn | off: req/s | on: req/s | on / off | off: req per server CPU-s "
+        "| on: req per server CPU-s | on / off (CPU) | p50 / p99 ms off | p50 / p99 ms on |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    ratios, cpu_ratios = [], []
+    for turn, (off, on) in enumerate(turns, 1):
+        a, b = off.rates[1], on.rates[1]
+        ratios.append(b.wall / a.wall)
+        cpu_ratios.append(b.cpu / a.cpu)
+        lines.append(
+            f"| {turn} | {a.wall:,.0f} | {b.wall:,.0f} | {ratios[-1]:.2f} | {a.cpu:,.0f} "
+            f"| {b.cpu:,.0f} | {cpu_ratios[-1]:.2f} | {a.p50_ms:.1f} / {a.p99_ms:.1f} "
+            f"| {b.p50_ms:.1f} / {b.p99_ms:.1f} |"
+        )
+    lines += [
+        "",
+        f"Median on / off: {float(np.median(ratios)):.2f} (requests/s), "
+        f"{float(np.median(cpu_ratios)):.2f} (requests per server CPU-second).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.serving",
