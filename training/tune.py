@@ -142,6 +142,8 @@ class Search:
         def report(epoch: int, scores: dict[str, float]) -> bool:
             nonlocal epochs_run
             epochs_run = epoch
+            if math.isnan(scores[self.metric]):  # the search records it as failed, and goes on
+                raise ValueError(f"valid {self.metric} is not a number: the run diverged")
             trial.report(scores[self.metric], epoch)
             # trial 0 is the bar: it always runs to the end, as `train` would
             return trial.number > 0 and trial.should_prune()

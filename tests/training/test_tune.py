@@ -126,6 +126,15 @@ def test_pruned_trials_are_recorded_and_the_settings_as_given_always_run_in_full
     assert config is not None and config.lr == options.lr and config.epochs == 2
 
 
+def test_a_diverged_trial_fails_and_with_no_complete_trial_nothing_is_published(tmp_path, capsys):
+    # a rate of 1e30 overflows the embeddings at once: the RMSE is not a number
+    with pytest.raises(SystemExit, match="no trial completed, so there is nothing to publish"):
+        main(["tune", "--task", "rating", *TINY, "--max-rows", "300", "--lr", "1e30",
+              "--trials", "1", "--out", str(tmp_path)])  # fmt: skip
+    assert "trial 0 failed after 1 epochs" in capsys.readouterr().out
+    assert not (tmp_path / "synthetic-afm").exists()
+
+
 def test_tune_reads_your_own_file_and_splits_it_as_train_does(tmp_path):
     csv, _, _ = write_same_rows(tmp_path, rows=300)
     main(["tune", "--data", str(csv), "--fields", "user,item,weather", "--model", "fm",
