@@ -1,5 +1,5 @@
-"""The client a backend installs: the project's wheel without its dependencies, and httpx (the
-`client` extra's one requirement), in a fresh venv: `service.client` imports and calls the real
+"""The client a backend installs: `pip install 'afm[client]'` (the project's wheel and the client
+extra's one requirement, httpx) in a fresh venv: `service.client` imports and calls the real
 server, and none of the service's own libraries is there to be imported."""
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ def client_requirement() -> str:
 
 
 def client_venv(folder: Path) -> Path:
-    """A venv with the project's wheel (no dependencies) and the client extra's httpx; pip comes
-    from the project's venv, the wheel is built from a copy of the sources."""
+    """A venv with `afm[client]` installed from the project's wheel; pip comes from the project's
+    venv, the wheel is built from a copy of the sources."""
     source = folder / "source"
     for name in SOURCES:
         path = ROOT / name
@@ -69,12 +69,19 @@ def client_venv(folder: Path) -> Path:
     venv = folder / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
-    for install in (["--no-deps", *map(str, wheels.glob("afm-*.whl"))], [client_requirement()]):
-        run = subprocess.run(
-            [*pip, "--python", str(python), "install", *install], capture_output=True, text=True
-        )
-        assert run.returncode == 0, run.stderr
+    (wheel,) = wheels.glob("afm-*.whl")
+    run = subprocess.run(
+        [*pip, "--python", str(python), "install", f"{wheel}[client]"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
     return python
+
+
+def test_the_client_extra_is_httpx_in_a_compatible_range_and_the_core_needs_nothing() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert client_requirement().startswith("httpx")
+    assert project["dependencies"] == []
 
 
 @pytest.mark.slow
