@@ -29,8 +29,8 @@ from training.model import AFM
 from training.trainer import History, Tensors, TrainConfig, fit
 
 # The search space, around conventional ranges; the value given on the command line is always
-# among the choices, so trial 0 can train with it. L2 strengths are a grid with 0 in it, as the
-# paper searched its lambda: a log scale cannot hold "off".
+# among the choices, so trial 0 can train with it. L2 strengths are a grid with 0 in it: a log
+# scale cannot hold "off".
 LEARNING_RATES = (1e-4, 3e-2)  # log scale
 SIZES = (8, 16, 32, 64, 128)  # embedding_dim k and attention_dim t
 DROPOUT = (0.0, 0.6)
@@ -38,7 +38,7 @@ L2_ATTENTION = (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)  # AFM only: lambda on ||W||^
 WEIGHT_DECAY = (0.0, 1e-7, 1e-6, 1e-5)
 # batch sizes: powers of two from a quarter to four times the given (or automatic) one, each
 # with at least this many steps per epoch
-MIN_STEPS = 4
+MIN_STEPS_PER_EPOCH = 4
 SEARCHED = (
     "lr",
     "batch_size",
@@ -51,10 +51,12 @@ SEARCHED = (
 
 
 def batch_sizes(given: int, train_rows: int) -> list[int]:
-    """The batch sizes searched: powers of two in [given / 4, given * 4] that leave MIN_STEPS
-    steps per epoch, and the given one."""
+    """The batch sizes searched: powers of two in [given / 4, given * 4] that leave
+    MIN_STEPS_PER_EPOCH steps per epoch, and the given one."""
     powers = [2**p for p in range(4, 17)]
-    fitting = [b for b in powers if given / 4 <= b <= given * 4 and b * MIN_STEPS <= train_rows]
+    fitting = [
+        b for b in powers if given / 4 <= b <= given * 4 and b * MIN_STEPS_PER_EPOCH <= train_rows
+    ]
     return sorted({*fitting, given})
 
 
@@ -291,7 +293,7 @@ def tune(
         best.model, encoder, splits, sets, best.config, best.history, best.options, name,
         more={"tuning": tuning.model_dump()},
     )  # fmt: skip
-    print(tuning_summary(tuning, seconds), flush=True)
+    print(tuning_summary(tuning), flush=True)
     print(
         commands.summary(
             best.history, best.config.epochs, best.config.patience, metric, test_metrics, path,
@@ -302,7 +304,7 @@ def tune(
     return path
 
 
-def tuning_summary(tuning: Tuning, seconds: float) -> str:
+def tuning_summary(tuning: Tuning) -> str:
     """The search in a few lines: how many trials ended how, the best against the given."""
     counts = {
         state: sum(t.state == state for t in tuning.trials)
@@ -311,12 +313,17 @@ def tuning_summary(tuning: Tuning, seconds: float) -> str:
     ended = ", ".join(f"{n} {state}" for state, n in counts.items() if n)
     trials = {t.number: t for t in tuning.trials}
     best, given = trials[tuning.best_trial], trials[tuning.defaults_trial]
-    assert best.value is not None and given.value is not None  # both complete
+    assert best.value is not None  # the best trial is a complete one
     metric = tuning.metric
     if best.number == given.number:
         verdict = (
             f"no trial beat the settings as given (trial {given.number},"
-            f" valid {metric} {given.value:.4f}): they are published"
+            f" valid {metric} {best.value:.4f}): they are published"
+        )
+    elif given.value is None:
+        verdict = (
+            f"best trial {best.number}: valid {metric} {best.value:.4f}; the settings as given"
+            f" (trial {given.number}) failed"
         )
     else:
         change = best.value - given.value
@@ -325,6 +332,6 @@ def tuning_summary(tuning: Tuning, seconds: float) -> str:
             f" {given.value:.4f} with the settings as given ({change:+.4f})"
         )
     return (
-        f"tuning: {len(tuning.trials)} trials ({ended}) in {seconds:.0f}s\n"
+        f"tuning: {len(tuning.trials)} trials ({ended}) in {tuning.seconds:.0f}s\n"
         f"  {verdict}\n  its settings: {flags(best.params)}"
     )

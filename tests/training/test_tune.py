@@ -21,7 +21,7 @@ from training.cli import parse_args, train_options
 from training.commands import DataOptions, TrainOptions
 from training.model import AFM, AFMConfig
 from training.trainer import TrainConfig, fit
-from training.tune import tune
+from training.tune import tune, tuning_summary
 
 # a tiny search: 3 epochs per trial on a few hundred synthetic rows, one thread
 TINY = ["--max-rows", "600", "--epochs", "3", "--embedding-dim", "8", "--attention-dim", "8",
@@ -196,3 +196,15 @@ def test_a_consistent_tuning_history_is_read_back_as_written():
     assert "value" not in written["trials"][2]
     assert Tuning.model_validate(written) == read
     assert [t.value for t in read.trials] == [0.7, 0.72, None, 0.71]
+
+
+def test_the_summary_weighs_the_best_trial_against_the_settings_as_given():
+    beaten = Tuning.model_validate(search([trial(0, value=0.7), trial(1, value=0.75)], best=1))
+    assert "best trial 1: valid auc 0.7500 against 0.7000 with the settings as given (+0.0500)" in (
+        tuning_summary(beaten)
+    )
+    kept = Tuning.model_validate(search([trial(0, value=0.7), trial(1, "pruned", 0.6)], best=0))
+    assert "no trial beat the settings as given (trial 0, valid auc 0.7000)" in tuning_summary(kept)
+    assert "2 trials (1 complete, 1 pruned)" in tuning_summary(kept)
+    diverged = Tuning.model_validate(search([trial(0, "failed", None), trial(1)], best=1))
+    assert "the settings as given (trial 0) failed" in tuning_summary(diverged)
