@@ -311,6 +311,29 @@ def add_train_options(train: argparse.ArgumentParser, starts: bool = True) -> No
     train.add_argument(
         "--quick", action="store_true", help="a tiny run (2,000 rows, 1 epoch, k=8) of every step"
     )
+    train.add_argument(
+        "--min-count", type=positive_int, default=default.min_count,
+        help="categorical values seen fewer times in training share the OOV slot (a field's own"
+        " count, city:categorical:5, wins when larger)",
+    )  # fmt: skip
+    train.add_argument(
+        "--max-vocabulary", type=positive_int, metavar="N",
+        help="each categorical field keeps at most its N most frequent values",
+    )  # fmt: skip
+    train.add_argument(
+        "--sparse-embeddings", action="store_true",
+        help="sparse gradients for the embedding tables (SparseAdam, or sparse Adagrad): a step"
+        " costs the rows it uses, not the table",
+    )  # fmt: skip
+    train.add_argument(
+        "--stream", action="store_true",
+        help="--data: read the files in record batches, never whole (Parquet or CSV); vocabularies"
+        " in one pass, training rows through a shuffle buffer",
+    )  # fmt: skip
+    train.add_argument(
+        "--shuffle-rows", type=positive_int, default=default.shuffle_rows,
+        help="--stream: rows of the shuffle buffer",
+    )  # fmt: skip
 
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from training.data.splits import SplitPlan
     from training.model import AFM
     from training.recipes import Recipe
-    from training.trainer import History, Tensors, TrainConfig
+    from training.trainer import BatchSource, History, Tensors, TrainConfig
 
 Split = Literal["train", "validation", "test", "all"]
 # the batch size when --batch-size is not given: at least MIN_STEPS steps per epoch where the
@@ -84,6 +84,11 @@ class TrainOptions:
     warm_start: Path | None = None  # a published bundle continued on this data, vocabularies grown
     freeze_embeddings: bool = False
     fm_start: Literal["exact", "authors"] = "exact"
+    min_count: int = 1  # categorical values seen fewer times share the OOV slot
+    max_vocabulary: int | None = None  # each categorical field keeps its most frequent values
+    sparse_embeddings: bool = False  # the tables' gradients sparse, with SparseAdam or Adagrad
+    stream: bool = False  # --data read in record batches, never whole (training.data.stream)
+    shuffle_rows: int = 100_000  # --stream: rows of the shuffle buffer
 
 
 def split_plan(data: DataOptions) -> SplitPlan:
@@ -270,6 +275,8 @@ def train(options: TrainOptions) -> Path:
     require_device(options.device)
     if options.threads:
         torch.set_num_threads(options.threads)
+    if options.stream:
+        return train_stream(options)
     # seeded before the model is built: a run started from a bundle is the same model
     # whichever run published that bundle
     torch.manual_seed(data.seed)
@@ -311,7 +318,10 @@ def train(options: TrainOptions) -> Path:
         require_same_data(start.manifest, splits, data.task)
         encoder = start.encoder
     else:
-        encoder = FeatureEncoder.fit(splits.spec, splits.train.columns)
+        from training.data.stream import capped, with_min_count
+
+        spec = with_min_count(splits.spec, options.min_count)
+        encoder = capped(FeatureEncoder.fit(spec, splits.train.columns), options.max_vocabulary)
 
     train_data, valid_data, test_data = encode_splits(encoder, splits)
     name = options.name or (parent.name if parent else default_name(data, splits, options.model))
@@ -358,6 +368,85 @@ def train(options: TrainOptions) -> Path:
     return path
 
 
+def train_stream(options: TrainOptions) -> Path:
+    """Train on `--data` read as a stream (training.data.stream): vocabularies in one pass, then
+    epochs of record batches through a shuffle buffer, never the whole data in memory."""
+    import numpy as np
+    import torch
+
+    from training import metrics
+    from training.data import checks, files, stream
+    from training.data.splits import SplitPlan, Splits, derived
+    from training.readers import Table
+    from training.trainer import fit
+
+    data = options.data
+    if data.data is None or data.dataset != "files":
+        sys.exit("--stream reads your own data: --data DIR (or a file) with --fields")
+    if data.split_by is not None:
+        sys.exit(
+            "--split-by orders every row before any is placed, which a stream cannot: split the"
+            " data into --train, --validation and --test files, or use --split fractions"
+        )
+    for option in ("init_from", "warm_start"):
+        if getattr(options, option) is not None:
+            sys.exit(f"--{option.replace('_', '-')} is not for --stream: it trains from scratch")
+    if data.max_rows is not None:
+        sys.exit("--max-rows is not for --stream: point --data at fewer files")
+    if not data.fields:
+        sys.exit("your own data needs --fields, e.g. --fields user,item,price:numeric")
+    if options.batch_norm and options.model != "fm":
+        sys.exit("--batch-norm is for --model fm (AFM has none)")
+    try:
+        spec = checks.parse_fields(data.fields, data.label or "label")
+        source = stream.StreamSource(
+            stream.stream_files(data.data), spec, data.task, data.split_fractions, data.seed,
+            data.positive_label, data.delimiter,
+        )  # fmt: skip
+        fitted = stream.fit_vocabularies(source, options.min_count, options.max_vocabulary)
+    except (FileNotFoundError, ValueError) as problem:
+        sys.exit(str(problem))
+    rows = fitted.rows
+    print(
+        f"vocabulary pass: {sum(rows.values()):,} rows ({rows['train']:,} train,"
+        f" {rows['validation']:,} validation, {rows['test']:,} test) in {fitted.seconds:.1f}s;"
+        f" {fitted.encoder.num_features:,} embedding rows",
+        flush=True,
+    )
+    encoder = fitted.encoder
+    sets = tuple(
+        stream.StreamSplit(source, encoder, split, options.shuffle_rows, rows[split])
+        for split in stream.SPLITS
+    )
+    batch_size = options.batch_size or auto_batch_size(rows["train"])
+    plan = SplitPlan("random", data.split_fractions, seed=data.seed)
+    fingerprint = derived(
+        files.source_fingerprint(list(source.files), plan, data.positive_label), "stream"
+    )
+    empty = Table({}, np.empty(0, dtype=np.float32))
+    described = Splits(
+        "files", data.task, spec, empty, empty, empty, fitted.label_range, fingerprint, plan,
+        data.positive_label,
+    )  # fmt: skip
+    name = options.name or default_name(data, described, options.model)
+    model = new_model(options, encoder, described, fitted.label_mean)
+    cfg = train_config(options, data, batch_size, fitted.label_range)
+    torch.manual_seed(data.seed)
+    history = fit(model, sets[0], sets[1], cfg, name)
+    record = {
+        "dataset": "files", "fingerprint": fingerprint, "rows": rows, "split": plan.to_dict(),
+        "label": spec.label, "positive_label": data.positive_label,
+        "stream": stream.stream_record(source, fitted, options.shuffle_rows),
+    }  # fmt: skip
+    path, test_metrics = publish_trained(
+        model, encoder, described, (sets[0], sets[1], sets[2]), cfg, history, options, name,
+        more={"data": record},
+    )  # fmt: skip
+    metric, _ = metrics.main_metric(cfg.task)
+    print(summary(history, cfg.epochs, cfg.patience, metric, test_metrics, path, False), flush=True)
+    return path
+
+
 def encode_splits(encoder: FeatureEncoder, splits: Splits) -> tuple[Tensors, Tensors, Tensors]:
     """The training, validation and test tables as the model's index, value and label tensors."""
     from training.trainer import Tensors
@@ -375,9 +464,11 @@ def default_name(data: DataOptions, splits: Splits, model: str) -> str:
     return f"{source}-{model}"
 
 
-def new_model(options: TrainOptions, encoder: FeatureEncoder, splits: Splits) -> AFM:
+def new_model(
+    options: TrainOptions, encoder: FeatureEncoder, splits: Splits, label_mean: float | None = None
+) -> AFM:
     """A fresh AFM (or FM) of the options' sizes for the encoder's features, its bias at the
-    training labels' mean."""
+    training labels' mean (`label_mean`, else the mean of `splits.train`'s labels)."""
     from training.model import AFM, AFMConfig
 
     model = AFM(
@@ -391,7 +482,8 @@ def new_model(options: TrainOptions, encoder: FeatureEncoder, splits: Splits) ->
             options.batch_norm,
         )
     )
-    model.init_bias(float(splits.train.label.mean()), splits.task)
+    mean = float(splits.train.label.mean()) if label_mean is None else label_mean
+    model.init_bias(mean, splits.task)
     return model
 
 
@@ -407,13 +499,13 @@ def train_config(
         attention_lr=options.attention_lr, weight_decay=options.weight_decay,
         patience=options.patience, lr_decay=options.lr_decay,
         lr_decay_patience=options.lr_decay_patience, seed=data.seed, device=options.device,
-        label_range=label_range,
+        label_range=label_range, sparse_embeddings=options.sparse_embeddings,
     )  # fmt: skip
 
 
 def publish_trained(
     model: AFM, encoder: FeatureEncoder, splits: Splits,
-    sets: tuple[Tensors, Tensors, Tensors], cfg: TrainConfig, history: History,
+    sets: tuple[BatchSource, BatchSource, BatchSource], cfg: TrainConfig, history: History,
     options: TrainOptions, name: str, parent: Bundle | None = None,
     more: dict[str, Any] | None = None,
 ) -> tuple[Path, dict[str, float]]:  # fmt: skip
@@ -426,8 +518,8 @@ def publish_trained(
     model.cpu()
     test_metrics = evaluate(model, test_data, TrainConfig(**{**cfg.to_dict(), "device": "cpu"}))
     print(f"{name} test: " + "  ".join(f"{k} {v:.4f}" for k, v in test_metrics.items()), flush=True)
-    mean_attention = export.global_attention(
-        model, valid_data.index.numpy(), valid_data.value.numpy()
+    mean_attention = export.mean_attention(
+        model, ((b.index, b.value) for b in valid_data.batches(8192, shuffle=False))
     )
     metric, _ = metrics.main_metric(cfg.task)
     pairs = export.pair_names(model, encoder.names)
@@ -538,6 +630,11 @@ def evaluate(bundle_path: Path, data: DataOptions, split: Split | None = None) -
             sys.exit(
                 f"--split {split}: {bundle_path} was not trained on data split for it;"
                 " --split all scores every row of --data"
+            )  # fmt: skip
+        if data.data is not None and info is not None and info.stream is not None:
+            sys.exit(
+                f"--split {split}: {bundle_path} was trained with --stream, whose split is drawn"
+                " per row as it is read; --split all scores every row of --data"
             )  # fmt: skip
         splits = load_splits(data)
         require_same_fields(loaded.encoder.names, splits.spec.names, "--bundle")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,17 @@ def global_attention(
             )
             total += out.attention.sum(0)
     return (total / max(len(index), 1)).numpy()
+
+
+def mean_attention(model: AFM, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> np.ndarray:
+    """Mean attention per pair over (index, value) batches (the validation split's): (P,)."""
+    model.eval()
+    total, rows = torch.zeros(len(model.pair_i)), 0
+    with torch.no_grad():
+        for index, value in batches:
+            total += model(index, value).attention.sum(0)
+            rows += len(index)
+    return (total / max(rows, 1)).numpy()
 
 
 def pair_names(model: AFM, field_names: list[str]) -> list[list[str]]:

@@ -7,7 +7,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -40,6 +40,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     label_range: tuple[float, float] = (-1.0, 1.0)  # ratings are clipped to it when evaluated
+    # The embedding and linear tables take sparse gradients (the rows a batch uses) and their own
+    # optimizer (SparseAdam, or Adagrad's sparse update), so a step's cost does not grow with them
+    sparse_embeddings: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,6 +70,17 @@ class Tensors:
         for start in range(0, len(self), batch_size):
             rows = order[start : start + batch_size]
             yield Tensors(self.index[rows], self.value[rows], self.label[rows])
+
+
+class BatchSource(Protocol):
+    """What fit trains and evaluates on: `Tensors` in memory, or a stream of files
+    (`training.data.stream.StreamSplit`)."""
+
+    def __len__(self) -> int: ...
+
+    def batches(
+        self, batch_size: int, shuffle: bool, generator: torch.Generator | None = None
+    ) -> Iterator[Tensors]: ...
 
 
 @dataclass
@@ -117,12 +131,60 @@ class EarlyStopping:
         return self.stale >= self.patience
 
 
+class SparseAndDense(torch.optim.Optimizer):
+    """Two optimizers stepped as one: the tables' (sparse gradients) and the other parameters'.
+    Their parameter groups are shared, so a scheduler's rate reaches both."""
+
+    def __init__(self, tables: torch.optim.Optimizer, dense: torch.optim.Optimizer) -> None:
+        self.tables, self.dense = tables, dense
+        self.defaults = dense.defaults
+        self.param_groups = dense.param_groups + tables.param_groups
+        self.state = dense.state
+
+    def step(self, closure: Any = None) -> None:  # type: ignore[override]
+        self.dense.step()
+        self.tables.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.dense.zero_grad(set_to_none)
+        self.tables.zero_grad(set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"dense": self.dense.state_dict(), "tables": self.tables.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.dense.load_state_dict(state_dict["dense"])
+        self.tables.load_state_dict(state_dict["tables"])
+
+
 def make_optimizer(model: AFM, config: TrainConfig) -> torch.optim.Optimizer:
-    groups: list[dict[str, Any]] = [{"params": list(model.parameters())}]
+    # the tables' gradients are sparse exactly when their optimizer takes sparse gradients
+    model.embedding.sparse = model.linear.sparse = config.sparse_embeddings
+    tables = [model.embedding.weight, model.linear.weight]
+    sparse = config.sparse_embeddings
+    params = [p for p in model.parameters() if not (sparse and any(p is t for t in tables))]
+    groups: list[dict[str, Any]] = [{"params": params}]
     if config.attention_lr is not None and model.config.attention:
         first_layer = list(model.attention_w.parameters())  # W and b
-        rest = [p for name, p in model.named_parameters() if not name.startswith("attention_w.")]
+        rest = [p for p in params if not any(p is q for q in first_layer)]
         groups = [{"params": rest}, {"params": first_layer, "lr": config.attention_lr}]
+    if config.sparse_embeddings:
+        if config.weight_decay:
+            raise ValueError("sparse embeddings take no weight decay (SparseAdam, sparse Adagrad)")
+        trained = [p for p in tables if p.requires_grad]
+        dense = make_dense_optimizer(groups, config)
+        if not trained:
+            return dense
+        if config.optimizer == "adam":
+            return SparseAndDense(torch.optim.SparseAdam(trained, lr=config.lr), dense)
+        # Adagrad's sparse update: fused and foreach kernels take dense gradients only
+        return SparseAndDense(torch.optim.Adagrad(trained, lr=config.lr, foreach=False), dense)
+    return make_dense_optimizer(groups, config)
+
+
+def make_dense_optimizer(
+    groups: list[dict[str, Any]], config: TrainConfig
+) -> torch.optim.Optimizer:
     # fused: one kernel per step over all parameters instead of a pass per operation; the dense
     # embedding table's update is a large share of a small batch's step
     # (docs/experiments/training-throughput.md)
@@ -150,7 +212,7 @@ class EpochStats(NamedTuple):
 def train_one_epoch(
     model: AFM,
     optimizer: torch.optim.Optimizer,
-    data: Tensors,
+    data: BatchSource,
     config: TrainConfig,
     generator: torch.Generator,
     description: str = "train",
@@ -180,15 +242,22 @@ def train_one_epoch(
     return EpochStats(total / rows, rows / elapsed, 1.0 - in_step / elapsed)
 
 
-@torch.no_grad()
-def predict(model: AFM, data: Tensors, device: str, batch_size: int = 8192) -> np.ndarray:
+def predict(model: AFM, data: BatchSource, device: str, batch_size: int = 8192) -> np.ndarray:
     """Raw scores (before the link) for every row, in order."""
+    return predict_labelled(model, data, device, batch_size)[0]
+
+
+@torch.no_grad()
+def predict_labelled(
+    model: AFM, data: BatchSource, device: str, batch_size: int = 8192
+) -> tuple[np.ndarray, np.ndarray]:
+    """Raw scores (before the link) and labels of every row, in order, in one pass."""
     model.eval()
-    raws = [
-        model(b.index.to(device), b.value.to(device)).raw.cpu()
-        for b in data.batches(batch_size, shuffle=False)
-    ]
-    return torch.cat(raws).numpy()
+    raws, labels = [], []
+    for b in data.batches(batch_size, shuffle=False):
+        raws.append(model(b.index.to(device), b.value.to(device)).raw.cpu())
+        labels.append(b.label)
+    return torch.cat(raws).numpy(), torch.cat(labels).numpy()
 
 
 def link(task: str, raw: np.ndarray, label_range: tuple[float, float]) -> np.ndarray:
@@ -198,15 +267,16 @@ def link(task: str, raw: np.ndarray, label_range: tuple[float, float]) -> np.nda
     return np.asarray(np.clip(raw, *label_range))
 
 
-def evaluate(model: AFM, data: Tensors, config: TrainConfig) -> dict[str, float]:
-    score = link(config.task, predict(model, data, config.device), config.label_range)
-    return metrics.compute(config.task, data.label.numpy(), score, config.label_range)
+def evaluate(model: AFM, data: BatchSource, config: TrainConfig) -> dict[str, float]:
+    raw, label = predict_labelled(model, data, config.device)
+    score = link(config.task, raw, config.label_range)
+    return metrics.compute(config.task, label, score, config.label_range)
 
 
 def fit(
     model: AFM,
-    train: Tensors,
-    validation: Tensors,
+    train: BatchSource,
+    validation: BatchSource,
     config: TrainConfig,
     name: str = "model",
     start_is_candidate: bool = False,

@@ -124,6 +124,11 @@ class TrainingConfig(_Model):
     parent: Parent | None = Field(
         default=None, description="the model this one continues on new rows (--warm-start)"
     )
+    sparse_embeddings: bool = Field(
+        default=False,
+        description="the embedding and linear tables trained with sparse gradients (SparseAdam,"
+        " or Adagrad's sparse update): a step touches only the rows its batch uses",
+    )
 
 
 class Metrics(_Model):
@@ -153,6 +158,19 @@ class SplitInfo(_Model):
     seed: NonNegativeInt | None = Field(default=None, description="random: the shuffle's seed")
 
 
+class StreamInfo(_Model):
+    """How rows were read when trained with --stream (training.data.stream)."""
+
+    files: PositiveInt
+    read_rows: PositiveInt = Field(description="rows per record batch read")
+    shuffle_rows: PositiveInt = Field(description="rows of the training shuffle buffer")
+    vocabulary_seconds: float = Field(ge=0, description="the one pass that fitted the fields")
+    split: str = Field(
+        description="how a row's split was drawn: from a hash of (seed, file name, row number),"
+        " not the in-memory path's permutation of the same seed"
+    )
+
+
 class DataInfo(_Model):
     """The data that trained the model."""
 
@@ -163,6 +181,9 @@ class DataInfo(_Model):
     label: str | None = Field(default=None, description="the label column of the data")
     positive_label: str | None = Field(
         default=None, description="ctr: the label value read as a click (1), when not 0/1"
+    )
+    stream: StreamInfo | None = Field(
+        default=None, description="read as a stream of record batches (train --stream)"
     )
 
 
