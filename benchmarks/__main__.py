@@ -1,10 +1,12 @@
 """`make bench`: the training throughput benchmark, then the serving benchmark, then the traffic
-benchmark (memory, overload and a soak against the service).
+benchmark (memory, overload and a soak against the service), then a team's own data against the
+planted oracle and `predict`'s memory on 100k and 1M rows.
 
 Each prints markdown to stdout; the combined report is also written to benchmarks/results/latest.md
 (ignored by git). Each benchmark takes its own options when run alone:
 `python -m benchmarks.training_throughput --help`, `python -m benchmarks.serving --help`,
-`python -m benchmarks.traffic --help`.
+`python -m benchmarks.traffic --help`, `python -m benchmarks.own_data --help`,
+`python -m benchmarks.predict_memory --help`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import io
 import sys
 from typing import TextIO
 
-from benchmarks import serving, traffic, training_throughput
+from benchmarks import own_data, predict_memory, serving, traffic, training_throughput
 from benchmarks.serving import RESULTS
 
 
@@ -40,9 +42,13 @@ def main() -> None:
     table = serving.main([])
     print()
     abuse = traffic.main([]).markdown()
+    print("\n## Own data against the planted oracle\n")
+    own = "## Own data against the planted oracle\n\n" + own_data.main([])
+    print("\n## predict's memory\n")
+    memory = "## predict's memory\n\n" + predict_memory.main([])
     RESULTS.mkdir(parents=True, exist_ok=True)
     latest = RESULTS / "latest.md"
-    latest.write_text(f"# Benchmarks\n\n{training}\n{table}\n{abuse}")
+    latest.write_text(f"# Benchmarks\n\n{training}\n{table}\n{abuse}\n{own}\n\n{memory}\n")
     print(f"written to {latest}", file=sys.stderr)
 
 
