@@ -332,6 +332,7 @@ def tuning_summary(tuning: Tuning) -> str:
             f" {given.value:.4f} with the settings as given ({change:+.4f})"
         )
     return (
-        f"tuning: {len(tuning.trials)} trials ({ended}) in {tuning.seconds:.0f}s\n"
+        f"tuning: {len(tuning.trials)} trial{'s' if len(tuning.trials) > 1 else ''} ({ended})"
+        f" in {tuning.seconds:.0f}s\n"
         f"  {verdict}\n  its settings: {flags(best.params)}"
     )
