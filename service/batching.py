@@ -57,6 +57,7 @@ class Batcher:
         self.max_rows = max_rows
         self.wait_seconds = wait_seconds
         self._waiting: deque[_Waiting] = deque()
+        self._scoring: list[_Waiting] = []
         self._arrived: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -82,7 +83,7 @@ class Batcher:
         if self._closed:
             raise NotReady("the server is shutting down")
         loop = asyncio.get_running_loop()
-        if self._task is None or self._task.get_loop() is not loop:  # a new loop: start again
+        if self._task is None or self._task.done() or self._task.get_loop() is not loop:
             self._arrived = asyncio.Event()
             self._task = loop.create_task(self._drain(), name="batcher")
         assert self._arrived is not None
@@ -92,15 +93,14 @@ class Batcher:
         return await answer
 
     async def close(self) -> None:
-        """Stop the drain; requests still waiting are answered 503 `not_ready`."""
+        """Stop the drain; requests still waiting (none once the server has finished its
+        requests) are answered 503 `not_ready`."""
         self._closed = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        while self._waiting:
-            waiting = self._waiting.popleft()
-            if not waiting.answer.done():
-                waiting.answer.set_exception(NotReady("the server is shutting down"))
+        _fail([*self._scoring, *self._waiting], NotReady("the server is shutting down"))
+        self._waiting.clear()
 
     async def _drain(self) -> None:
         assert self._arrived is not None
@@ -109,9 +109,12 @@ class Batcher:
                 self._arrived.clear()
                 await self._arrived.wait()
             await self._gather(self._waiting[0])
-            taken = self._take()
-            if taken:
-                await self._score(taken)
+            self._scoring = self._take()
+            try:
+                await self._score(self._scoring)
+            except Exception as error:  # answered, so that no request waits for ever
+                _fail(self._scoring, error)
+            self._scoring = []
 
     async def _gather(self, first: _Waiting) -> None:
         """Wait, until `wait_seconds` after the first request arrived, for rows to fill a call."""
@@ -150,6 +153,8 @@ class Batcher:
         return taken
 
     async def _score(self, taken: list[_Waiting]) -> None:
+        if not taken:
+            return
         first = taken[0]
         if self._merged is not None:
             self._merged.observe(len(taken))
@@ -169,6 +174,12 @@ class Batcher:
             if not waiting.answer.done():
                 waiting.answer.set_result({name: rows[start:stop] for name, rows in out.items()})
             start = stop
+
+
+def _fail(requests: list[_Waiting], error: Exception) -> None:
+    for waiting in requests:
+        if not waiting.answer.done():
+            waiting.answer.set_exception(error)
 
 
 def _settle(waiting: _Waiting) -> None:
