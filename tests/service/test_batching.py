@@ -1,7 +1,8 @@
 """Dynamic batching through real server processes: concurrent small requests scored in shared
 onnxruntime calls get the answers they get with batching off, each its own; the metrics show the
 calls were merged, no call holds more requests than admission lets in, and a SIGTERM finishes
-the requests waiting for their call."""
+the requests waiting for their call. In-process, with the real session: a merged call that fails
+fails only the request that causes it."""
 
 from __future__ import annotations
 
@@ -13,8 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
+import orjson
 import pytest
 
+from service.batching import Batcher
+from service.metrics import ServiceMetrics
+from service.runtime import SCORE, Batch, ModelRuntime
+from service.settings import Settings
 from tests.service.conftest import CONTEXT, Server, candidate_items, start_server
 from training import bundle as bundles
 
@@ -162,3 +169,36 @@ async def in_flight(probe: httpx.AsyncClient) -> float:
     found = re.search(r"^afm_requests_in_flight (\S+)$", text, re.MULTILINE)
     assert found
     return float(found.group(1))
+
+
+def test_a_failing_call_reaches_only_the_request_that_causes_it(
+    models_dir: Path, served_bundle: bundles.Bundle
+) -> None:
+    """In-process, with the real bundle and session: the service validates every request before
+    inference, so no HTTP request can make a merged call fail; a batch whose index lies beyond
+    the embedding table does (onnxruntime refuses the Gather)."""
+    model = ModelRuntime(Settings(models_dir=models_dir)).load("synthetic-afm")
+    rows = [{**CONTEXT, "item": item} for item in candidate_items(served_bundle, 5)]
+    batches = [
+        model.encode(model.schemas.parse_predict(orjson.dumps({"instances": [row]})))
+        for row in rows
+    ]
+    broken = Batch(batches[2].index + 10**9, batches[2].value, {}, {}, (), {})
+    metrics = ServiceMetrics()
+
+    async def score_together() -> list[Any]:
+        batcher = Batcher(max_rows=256, wait_seconds=0.0, metrics=metrics)
+        sent = [*batches[:2], broken, *batches[3:]]
+        answers = await asyncio.gather(
+            *(batcher.run(model, batch, SCORE) for batch in sent), return_exceptions=True
+        )
+        await batcher.close()
+        return answers
+
+    answers = asyncio.run(score_together())
+    assert metrics.registry.get_sample_value("afm_batch_requests_count") == 1
+    assert metrics.registry.get_sample_value("afm_batch_requests_sum") == 5
+    assert isinstance(answers[2], Exception) and "Gather" in str(answers[2])
+    for i in (0, 1, 3, 4):
+        alone = model.run(batches[i], SCORE)["score"]
+        np.testing.assert_allclose(answers[i]["score"], alone, rtol=0, atol=1e-6)
