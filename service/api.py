@@ -169,10 +169,14 @@ async def healthz() -> Response:
 
 
 @router.get("/readyz", response_model=Ready, responses=ERRORS, summary="A model is loaded and warm")
-async def readyz(runtime: RuntimeDep, drain: DrainDep) -> Response:
+async def readyz(request: Request, runtime: RuntimeDep, drain: DrainDep) -> Response:
     if drain.draining:
         raise NotReady("the server is draining before it shuts down")
-    return OrjsonResponse({"status": "ready", "model": runtime.model.ref})
+    model = runtime.model.ref
+    workers: WorkerGroup | None = request.app.state.workers
+    if workers is not None and (waiting := workers.not_ready()) is not None:
+        raise NotReady(waiting)
+    return OrjsonResponse({"status": "ready", "model": model})
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
