@@ -8,6 +8,9 @@ They share nothing but the models directory and the run directory:
     <run>/reload.json         the last reload: generation, model name and version
     <run>/workers/<pid>.json  what each worker applied: generation, model, refusal
 
+`/readyz` answers 200 once every one of the N workers has a model: each writes its state file
+before it accepts connections, and again whenever the model it serves changes.
+
 A reload answered by one worker loads the bundle there, writes its name and version (resolved:
 never "newest") with the next generation to `reload.json`, and answers once every other live
 worker has applied it: each polls the file's change time and loads that version. A worker the
@@ -81,15 +84,31 @@ def build_server(settings: Settings, group: WorkerGroup | None = None) -> uvicor
 
 
 class WorkerGroup:
-    """One worker's view of the run directory: follows reloads, and announces its own."""
+    """One worker's view of the run directory: follows reloads, announces its own, and tells
+    whether all `size` workers are ready."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, size: int) -> None:
         self.run_dir = run_dir
+        self.size = size
         self.target = run_dir / "reload.json"
         self.states = run_dir / "workers"
         self.pid = os.getpid()
         self.applied = 0
         self._seen: int | None = None
+        self._written: dict[str, Any] | None = None
+        self._write_state(None, None)
+
+    def not_ready(self) -> str | None:
+        """Why the group is not ready (a worker without a model, or not started yet), or None."""
+        states = [
+            state
+            for path in self.states.glob("*.json")
+            if _alive(int(path.stem)) and (state := _read_json(path)) is not None
+        ]
+        ready = sum(state.get("model") is not None for state in states)
+        if ready < self.size:
+            return f"{ready} of {self.size} workers have a model loaded and warmed"
+        return None
 
     def follow(self, runtime: ModelRuntime, stop: threading.Event) -> None:
         """Start on the last reload's version if there was one, else as a single process starts;
@@ -107,6 +126,8 @@ class WorkerGroup:
             target = self._read_target_if_changed()
             if target is not None and target["generation"] > self.applied:
                 self._apply(runtime, target)
+            elif runtime.ready and self._written and self._written["model"] != runtime.model.ref:
+                self._write_state(runtime, self._written["error"])
 
     def announce(self, served: ServedModel) -> list[str]:
         """Tell the other workers to load what this one has just loaded; return once each live
@@ -165,6 +186,7 @@ class WorkerGroup:
         }
         self.states.mkdir(parents=True, exist_ok=True)
         _write_json(self.states / f"{self.pid}.json", state)
+        self._written = state
 
     def _read_target(self) -> dict[str, Any] | None:
         return _read_json(self.target)
@@ -202,7 +224,8 @@ class Worker(Process):
 
     def target(self, sockets: list[socket.socket] | None = None) -> None:  # pragma: no cover
         _terminate_with_parent(self.supervisor)
-        self._server = build_server(self.settings, WorkerGroup(self.run_dir))
+        group = WorkerGroup(self.run_dir, self.settings.workers)
+        self._server = build_server(self.settings, group)
         super().target(sockets)
 
 
