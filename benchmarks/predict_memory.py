@@ -2,12 +2,12 @@
 
 `predict` reads a record batch at a time, scores it and writes it as one row group, so its memory
 should not grow with the file. Each run here is a child process, and its peak resident set size is
-that child's own (`os.wait4`'s ru_maxrss), not the largest of all children. For scale, two more
-children: one that imports `training.predict` and reads the bundle and stops (the floor every run
-pays), and one that reads the whole 1M-row file into an Arrow table (what a run that did not
-stream would hold at least, before encoding or scoring any of it). The batch sets the peak
-(onnxruntime's buffers for a batch of B rows hold several (B, pairs, k) tensors), so one more run
-at the largest size takes a batch an eighth of `--batch-size`.
+that child's own (`os.wait4`'s ru_maxrss, taken by a small launcher process: see LAUNCHER). For
+scale, two more children: one that imports `training.predict` and reads the bundle and stops (the
+floor every run pays), and one that reads the whole 1M-row file into an Arrow table (what a run
+that did not stream would hold at least, before encoding or scoring any of it). The batch sets the
+peak (onnxruntime's buffers for a batch of B rows hold several (B, pairs, k) tensors), so one more
+run at the largest size takes a batch an eighth of `--batch-size`.
 
 The bundle: an AFM of the default shape (k = 64, t = 64) trained briefly (`--quick`) on the
 generated click log (`training.data.synthetic.click_log`); the rows scored are more of that log,
@@ -52,17 +52,29 @@ class Run:
     seconds: float
 
 
+# Starts the measured command and prints its peak RSS (KiB). A forked child's ru_maxrss starts
+# from its parent's RSS at the fork and survives exec, so the measured process is forked from this
+# small launcher, never from the benchmark that holds a million generated rows.
+LAUNCHER = (
+    "import os, subprocess, sys; child = subprocess.Popen(sys.argv[1:], stdout=sys.stderr);"
+    " _, status, usage = os.wait4(child.pid, 0); print(os.waitstatus_to_exitcode(status),"
+    " usage.ru_maxrss)"
+)
+
+
 def child(command: Sequence[str], log: Path) -> tuple[int, float]:
     """Run `command` to its end; its own peak RSS in bytes and its wall seconds."""
     began = time.perf_counter()
     with open(log, "wb") as out:
-        process = subprocess.Popen(list(command), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)
+        done = subprocess.run(
+            [sys.executable, "-c", LAUNCHER, *command], cwd=ROOT, stdout=subprocess.PIPE,
+            stderr=out, text=True,
+        )  # fmt: skip
     seconds = time.perf_counter() - began
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        sys.exit(f"{' '.join(command)} failed ({process.returncode}):\n{log.read_text()[-3000:]}")
-    return usage.ru_maxrss * 1024, seconds  # Linux reports KiB
+    code, peak_kib = (int(x) for x in done.stdout.split())
+    if done.returncode != 0 or code != 0:
+        sys.exit(f"{' '.join(command)} failed ({code}):\n{log.read_text()[-3000:]}")
+    return peak_kib * 1024, seconds  # Linux reports KiB
 
 
 def train_bundle(models: Path) -> Path:
