@@ -20,10 +20,11 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import anyio.to_thread
 import numpy as np
-from prometheus_client import Histogram
+from prometheus_client import CollectorRegistry, Histogram
 
 from service.errors import NotReady
 from service.metrics import ServiceMetrics
@@ -32,6 +33,7 @@ from service.schemas import PredictRequest
 
 REQUEST_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 Outputs = dict[str, np.ndarray]
+_HISTOGRAMS: WeakKeyDictionary[CollectorRegistry, Histogram] = WeakKeyDictionary()
 
 
 @dataclass
@@ -61,16 +63,7 @@ class Batcher:
         self._arrived: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
-        self._merged = (
-            Histogram(
-                "afm_batch_requests",
-                "Requests scored together per inference call of the dynamic batcher.",
-                buckets=REQUEST_BUCKETS,
-                registry=metrics.registry,
-            )
-            if metrics is not None
-            else None
-        )
+        self._merged = _requests_per_call(metrics.registry) if metrics is not None else None
 
     async def predict(self, model: ServedModel, request: PredictRequest) -> dict[str, Any]:
         """The `/predict` answer, as `ServedModel.predict` gives it, scored in a shared call."""
@@ -174,6 +167,19 @@ class Batcher:
             if not waiting.answer.done():
                 waiting.answer.set_result({name: rows[start:stop] for name, rows in out.items()})
             start = stop
+
+
+def _requests_per_call(registry: CollectorRegistry) -> Histogram:
+    """The registry's `afm_batch_requests`, registered once however many apps share it."""
+    histogram = _HISTOGRAMS.get(registry)
+    if histogram is None:
+        histogram = _HISTOGRAMS[registry] = Histogram(
+            "afm_batch_requests",
+            "Requests scored together per inference call of the dynamic batcher.",
+            buckets=REQUEST_BUCKETS,
+            registry=registry,
+        )
+    return histogram
 
 
 def _fail(requests: list[_Waiting], error: Exception) -> None:
