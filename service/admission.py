@@ -1,21 +1,26 @@
 """Admission control: a bounded number of inference requests in flight and queued, each with a
-deadline.
+deadline, and a bounded number of them scored at once in worker threads.
 
 A request takes a place when one is free, waits for one while fewer than `max_queued` wait, and
 is refused at once (503 `overloaded`) otherwise. A request still waiting at its deadline, or
 whose deadline passed while its body arrived, is refused instead of computed. The gate is an ASGI
 middleware, so a refusal costs no routing and no body; the probes, `/model` and `/metrics` never
-pass through it.
+pass through it. Requests scored in a worker thread take one of `worker_threads` more: the others
+wait without a thread, so that they do not take the CPU and the GIL from the event loop, which
+answers the probes and the refusals.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
+import anyio
+import anyio.to_thread
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.errors import Overloaded
@@ -24,6 +29,7 @@ from service.responses import OrjsonResponse
 
 GATED = (("POST", "/predict"), ("GET", "/explain"))
 TICKET = "afm.ticket"
+T = TypeVar("T")
 
 
 @dataclass
@@ -38,6 +44,10 @@ class Ticket:
         if time.monotonic() > self.deadline:
             raise self.gate.expired()
 
+    async def in_thread(self, call: Callable[[], T]) -> T:
+        """`call()` in a worker thread, once one of the gate's `worker_threads` is free."""
+        return await self.gate.in_thread(call)
+
 
 class Admission:
     """The gate in front of inference; a counter and a semaphore on the event loop."""
@@ -48,14 +58,17 @@ class Admission:
         max_queued: int,
         deadline_seconds: float,
         metrics: ServiceMetrics,
+        worker_threads: int = 1,
     ) -> None:
         self.max_in_flight = max_in_flight
         self.max_queued = max_queued
         self.deadline_seconds = deadline_seconds
         self.metrics = metrics
+        self.worker_threads = worker_threads
         self.in_flight = 0
         self.queued = 0
         self._places: asyncio.Semaphore | None = None
+        self._threads: anyio.CapacityLimiter | None = None
         metrics.watch_admission(lambda: self.in_flight, lambda: self.queued)
 
     @asynccontextmanager
@@ -81,6 +94,13 @@ class Admission:
         self.in_flight += 1
         self.metrics.admission.labels("admitted").inc()
         return ticket
+
+    async def in_thread(self, call: Callable[[], T]) -> T:
+        """`call()` in a worker thread, at most `worker_threads` at once; the rest wait here."""
+        threads = self._threads
+        if threads is None:
+            threads = self._threads = anyio.CapacityLimiter(self.worker_threads)
+        return await anyio.to_thread.run_sync(call, limiter=threads)
 
     def leave(self) -> None:
         self.in_flight -= 1

@@ -130,7 +130,7 @@ async def predict(
     parsed = model.schemas.parse_predict(body)
     batcher: Batcher | None = request.app.state.batcher
     if len(parsed.rows) >= settings.threadpool_min_rows:
-        answer = await anyio.to_thread.run_sync(model.predict, parsed)
+        answer = await ticket.in_thread(partial(model.predict, parsed))
     elif batcher is not None:
         answer = await batcher.predict(model, parsed)
     else:
@@ -309,7 +309,11 @@ def create_app(
     app.state.metrics = metrics
     app.state.workers = workers
     admission = Admission(
-        settings.max_in_flight, settings.max_queued, settings.request_deadline_seconds, metrics
+        settings.max_in_flight,
+        settings.max_queued,
+        settings.request_deadline_seconds,
+        metrics,
+        settings.inference_thread_limit(),
     )
     app.state.admission = admission
     app.state.drain = Drain()

@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     threadpool_min_rows: Annotated[int, Field(ge=0)] = 64
     """Requests of at least this many rows run onnxruntime in a worker thread, off the loop."""
 
+    inference_threads: Annotated[int, Field(ge=0)] = 0
+    """Most of those requests scored at once in worker threads; the rest wait without a thread
+    (0: the CPUs this process may use divided by `intra_op_threads`, at least 1)."""
+
     batching: bool = True
     """Score concurrent `/predict` requests of fewer rows than `threadpool_min_rows` together, in
     one onnxruntime call in a worker thread (dynamic batching)."""
@@ -150,6 +154,13 @@ class Settings(BaseSettings):
     @classmethod
     def _cores_when_empty(cls, value: object) -> object:
         return usable_cores() if value == "" else value
+
+    def inference_thread_limit(self) -> int:
+        """`inference_threads`, or when 0 the CPUs this process may use per inference's threads:
+        more threads than that only take the CPU and the GIL from the event loop."""
+        if self.inference_threads:
+            return self.inference_threads
+        return max(1, usable_cores() // max(1, self.intra_op_threads))
 
     @field_validator("api_keys", mode="before")
     @classmethod

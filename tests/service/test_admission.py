@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 
@@ -89,3 +90,39 @@ def test_a_ticket_past_its_deadline_refuses_the_work() -> None:
 
     asyncio.run(run())
     assert count(metrics, "expired") == 1
+
+
+def test_requests_beyond_the_worker_threads_wait_without_a_thread() -> None:
+    gate = Admission(
+        max_in_flight=8, max_queued=0, deadline_seconds=60, metrics=ServiceMetrics(),
+        worker_threads=2,
+    )  # fmt: skip
+    lock, release = threading.Lock(), threading.Event()
+    running, most = 0, 0
+
+    def score() -> None:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        release.wait(timeout=10)
+        with lock:
+            running -= 1
+
+    async def run() -> None:
+        async def one() -> None:
+            async with gate.admit() as ticket:
+                await ticket.in_thread(score)
+
+        calls = [asyncio.create_task(one()) for _ in range(6)]
+        for _ in range(200):  # until two threads run; a third would have started by then too
+            await asyncio.sleep(0.01)
+            if running == 2:
+                break
+        await asyncio.sleep(0.1)
+        assert (running, gate.in_flight) == (2, 6)
+        release.set()
+        await asyncio.gather(*calls)
+
+    asyncio.run(run())
+    assert most == 2
