@@ -83,6 +83,7 @@ REFUSAL_P99_LIMIT_MS = 10.0
 PROBE_LIMIT_MS = 100.0
 SOAK_DRIFT_LIMIT = 0.05
 SOAK_SIZES = (1, 10, 100, 700)
+SEND_LAG_LIMIT_MS = 50.0  # beyond it the generator, not the server, sets the latencies
 IDLE_REUSE_SECONDS = 4.0  # the service closes keep-alive connections idle for 5 s
 
 
@@ -145,9 +146,10 @@ def scrape(url: str) -> dict[str, float]:
 def serving(
     bundle_dir: Path, pin: bool, log: Path, overrides: dict[str, str]
 ) -> Iterator[tuple[Server, int]]:
-    """A fresh `python -m service` (the serving benchmark's settings plus `overrides`), its pid."""
+    """A fresh `python -m service` (the serving benchmark's settings, one worker process, plus
+    `overrides`), its pid."""
     server = service_server(bundle_dir, pin, log)
-    server.env.update(overrides)
+    server.env.update({"AFM_WORKERS": "1", **overrides})
     pid = server.start().process.pid
     try:
         yield server, pid
@@ -327,7 +329,7 @@ async def closed_loop(
     return outcomes, time.perf_counter() - started
 
 
-async def probe(port: int, path: str, every: float, until: asyncio.Event) -> list[Outcome]:
+async def probe(port: int, path: str, every: float, until: threading.Event) -> list[Outcome]:
     """GET `path` every `every` seconds on one keep-alive connection (a new one after a failure)
     until `until` is set; each timed from its scheduled send, 1 s timeout."""
     pool = Pool(port)
@@ -343,6 +345,27 @@ async def probe(port: int, path: str, every: float, until: asyncio.Event) -> lis
         i += 1
     pool.close()
     return outcomes
+
+
+class Prober:
+    """`probe` on a thread with an event loop of its own, so that a busy load generator does not
+    delay the probes; its outcomes once the block ends."""
+
+    def __init__(self, port: int, path: str, every: float) -> None:
+        self.outcomes: list[Outcome] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(port, path, every), daemon=True)
+
+    def _run(self, port: int, path: str, every: float) -> None:
+        self.outcomes = asyncio.run(probe(port, path, every, self._stop))
+
+    def __enter__(self) -> Prober:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 # -- statistics ----------------------------------------------------------------------------------
@@ -503,6 +526,12 @@ class OverloadResult:
         return self.over.ok_p99_ms / self.half.ok_p99_ms
 
     @property
+    def generator_kept_up(self) -> bool:
+        """Whether the load generator sent on schedule; when not, it measured itself too."""
+        lags = (self.half.send_lag_p99_ms, self.over.send_lag_p99_ms)
+        return all(lag is not None and lag < SEND_LAG_LIMIT_MS for lag in lags)
+
+    @property
     def latency_met(self) -> bool:
         return self.p99_ratio is not None and self.p99_ratio <= P99_RATIO_LIMIT
 
@@ -542,18 +571,14 @@ def saturation_rate(
     return (load.requests - load.errors) / load.seconds, generator
 
 
-async def overloaded(
+def overloaded(
     port: int, body: bytes, rate: float, seconds: float, connections: int
 ) -> tuple[list[Outcome], list[Outcome]]:
     """Open loop at `rate` (`connections` opened ahead) with a `/healthz` prober every 100 ms
-    beside it."""
-    done = asyncio.Event()
-    prober = asyncio.ensure_future(probe(port, "/healthz", 0.1, done))
-    try:
-        outcomes = await open_loop(port, lambda _: body, rate, seconds, connections=connections)
-    finally:
-        done.set()
-    return outcomes, await prober
+    beside it; the outcomes of both."""
+    with Prober(port, "/healthz", 0.1) as prober:
+        outcomes = _run(open_loop(port, lambda _: body, rate, seconds, connections=connections))
+    return outcomes, prober.outcomes
 
 
 def overload_scenario(
@@ -565,9 +590,7 @@ def overload_scenario(
         seconds = args.phase_seconds
         with pinned(CLIENT_CPU, pin):
             half = _run(open_loop(server.port, lambda _: body, rate / 2, seconds, connections=16))
-            over, probes = _run(
-                overloaded(server.port, body, rate * 4, seconds, args.open_connections)
-            )
+            over, probes = overloaded(server.port, body, rate * 4, seconds, args.open_connections)
             print(f"  4x: {_phase(Phase.of(rate * 4, seconds, over))}", file=sys.stderr)
         metrics = scrape(server.url)
     probe_ok = [o.latency for o in probes if o.status == 200]
@@ -681,6 +704,7 @@ class TrafficReport:
             derived["memory_peak_growth_mb"] = self.memory.peak_growth_mb
         if self.overload is not None:
             derived["overload_p99_ratio"] = self.overload.p99_ratio
+            derived["overload_generator_kept_up"] = self.overload.generator_kept_up
         if self.soak is not None:
             derived["soak_drift"] = self.soak.drift
             derived["soak_errors"] = self.soak.errors
@@ -730,6 +754,11 @@ class TrafficReport:
                     met["healthz"],
                 ),
             ]
+            if not o.generator_kept_up:
+                notes.append(
+                    f"- overload: **the load generator fell behind its schedule** (send lag p99 "
+                    f"over {SEND_LAG_LIMIT_MS:g} ms), so its latencies are partly its own"
+                )
             notes.append(
                 f"- overload, {o.candidates} candidates: saturation {o.saturation_rate:,.0f} "
                 f"req/s ({o.saturation_generator}); 0.5x: {_phase(o.half)}; 4x: "
@@ -901,8 +930,8 @@ def main(argv: Sequence[str] | None = None) -> TrafficReport:
         "command": "`" + shlex.join([".venv/bin/python", "-m", "benchmarks.traffic", *given]) + "`",
         "bundle": f"{relative}, {len(encoder.fields)} fields",
         "server": (
-            "a fresh `python -m service` per scenario, AFM_INTRA_OP_THREADS=1, access log off, "
-            "admission settings "
+            "a fresh `python -m service` per scenario, AFM_WORKERS=1, AFM_INTRA_OP_THREADS=1, "
+            "access log off, admission settings "
             + (
                 ", ".join(f"{k}={v}" for k, v in args.server_env.items())
                 if args.server_env
