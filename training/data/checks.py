@@ -48,7 +48,7 @@ def parse_fields(text: str, label: str) -> FeatureSpec:
         if kind not in KINDS or len(rest) > (1 if kind in ("numeric", "log") else 2):
             raise DataError(
                 f"--fields: {item!r} is not name[:categorical[:min_count]], name:numeric,"
-                " name:log, name:bucket[:buckets] or name:hash:buckets"
+                " name:log or name:bucket[:buckets], or name:hash:buckets"
             )
         if kind == "hash" and len(rest) < 2:
             raise DataError(
