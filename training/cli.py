@@ -334,6 +334,13 @@ def add_train_options(train: argparse.ArgumentParser, starts: bool = True) -> No
         "--shuffle-rows", type=positive_int, default=default.shuffle_rows,
         help="--stream: rows of the shuffle buffer",
     )  # fmt: skip
+    train.add_argument(
+        "--resume", action="store_true",
+        help="go on from the run's last checkpoint (<--out>/.checkpoints/<name>, written each"
+        " epoch): the same options, more --epochs allowed",
+    )  # fmt: skip
+    # the tests' interruption: stop after this epoch's checkpoint, as a run killed there
+    train.add_argument("--interrupt-after", type=positive_int, help=argparse.SUPPRESS)
 
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:

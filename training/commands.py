@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from training.bundle.features import FeatureEncoder
     from training.data import Splits
     from training.data.splits import SplitPlan
+    from training.distributed import World
     from training.model import AFM
     from training.recipes import Recipe
     from training.trainer import BatchSource, History, Tensors, TrainConfig
@@ -89,6 +90,8 @@ class TrainOptions:
     sparse_embeddings: bool = False  # the tables' gradients sparse, with SparseAdam or Adagrad
     stream: bool = False  # --data read in record batches, never whole (training.data.stream)
     shuffle_rows: int = 100_000  # --stream: rows of the shuffle buffer
+    resume: bool = False  # go on from the run's last checkpoint (training.checkpoint)
+    interrupt_after: int | None = None  # tests: stop after this epoch's checkpoint, unpublished
 
 
 def split_plan(data: DataOptions) -> SplitPlan:
@@ -267,16 +270,89 @@ def train(options: TrainOptions) -> Path:
     new rows) and publish its bundle."""
     import torch
 
-    from training import export, metrics
+    from training import distributed
+    from training.checkpoint import ResumeError
+
+    require_device(options.device)
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    world, device = distributed.start(options.device)
+    options = replace(options, device=device)
+    try:
+        require_world(options, world)
+        if options.stream:
+            return train_stream(options, world)
+        return train_in_memory(options, world)
+    except ResumeError as problem:
+        sys.exit(str(problem))
+    finally:
+        distributed.stop()
+
+
+def require_world(options: TrainOptions, world: World) -> None:
+    """Stop on what a torchrun launch of `world.size` processes cannot train."""
+    from training import distributed
+
+    if not world.distributed:
+        return
+    if options.batch_size is not None and options.batch_size % world.size:
+        sys.exit(
+            f"--batch-size {options.batch_size} is the global batch of {world.size} processes:"
+            f" give a multiple of {world.size}"
+        )
+    if options.sparse_embeddings and distributed.backend_for(options.device) == "nccl":
+        sys.exit(
+            "--sparse-embeddings with several CUDA processes: NCCL has no all-reduce of sparse"
+            " gradients (gloo on CPU has): train on --device cpu, or without --sparse-embeddings"
+        )
+
+
+def global_batch_size(options: TrainOptions, train_rows: int, world: World) -> int:
+    """--batch-size, else auto_batch_size's, cut to a multiple of the processes (each rank takes
+    an equal share of a step)."""
+    if options.batch_size is not None:
+        return options.batch_size
+    size = auto_batch_size(train_rows)
+    return max(world.size, size - size % world.size)
+
+
+def checkpoint_options(options: TrainOptions, name: str) -> dict[str, Any]:
+    """fit's checkpoint arguments: a checkpoint each epoch under --out, --resume from it."""
+    from training import checkpoint
+
+    return {
+        "checkpoint_path": checkpoint.path_for(options.out, name),
+        "resume": options.resume,
+        "interrupt_after": options.interrupt_after,
+    }
+
+
+def finish(history: History, options: TrainOptions, name: str, world: World) -> bool:
+    """Whether this process publishes: rank 0 of a run that was not interrupted. The others
+    wait at a barrier until rank 0 has published."""
+    from training import checkpoint
+
+    if history.interrupted:
+        if world.is_zero:
+            print(
+                f"{name}: stopped after epoch {options.interrupt_after} (--interrupt-after);"
+                f" --resume goes on from {checkpoint.path_for(options.out, name)}",
+                flush=True,
+            )
+        return False
+    return world.is_zero
+
+
+def train_in_memory(options: TrainOptions, world: World) -> Path:
+    """Train on splits read whole into memory (every rank holds them; each trains on its share
+    of each global batch, `distributed.RankShare`)."""
+    import torch
+
+    from training import distributed, export, metrics
     from training.bundle.features import FeatureEncoder
     from training.trainer import fit
 
     data = options.data
-    require_device(options.device)
-    if options.threads:
-        torch.set_num_threads(options.threads)
-    if options.stream:
-        return train_stream(options)
     # seeded before the model is built: a run started from a bundle is the same model
     # whichever run published that bundle
     torch.manual_seed(data.seed)
@@ -325,7 +401,7 @@ def train(options: TrainOptions) -> Path:
 
     train_data, valid_data, test_data = encode_splits(encoder, splits)
     name = options.name or (parent.name if parent else default_name(data, splits, options.model))
-    batch_size = options.batch_size or auto_batch_size(len(train_data))
+    batch_size = global_batch_size(options, len(train_data), world)
     if options.batch_size is None:
         steps = math.ceil(len(train_data) / batch_size)
         print(
@@ -354,27 +430,40 @@ def train(options: TrainOptions) -> Path:
 
     # a model started from a trained one is published as that start if no epoch beats it
     started_from = init is not None or warm is not None
-    history = fit(model, train_data, valid_data, cfg, name, start_is_candidate=started_from)
-    path, test_metrics = publish_trained(
-        model, encoder, splits, (train_data, valid_data, test_data), cfg, history, options, name,
-        parent,
+    share = distributed.RankShare(train_data, world) if world.distributed else train_data
+    history = fit(
+        model, share, valid_data, cfg, name, start_is_candidate=started_from, world=world,
+        **checkpoint_options(options, name),
     )  # fmt: skip
-    metric, _ = metrics.main_metric(cfg.task)
-    print(
-        summary(history, cfg.epochs, cfg.patience, metric, test_metrics, path, started_from),
-        flush=True,
-    )
-    print(f"done in {time.perf_counter() - started:.0f}s", flush=True)
-    return path
+    path = options.out / name
+    with distributed.rank_zero_first(world):
+        if finish(history, options, name, world):
+            path, test_metrics = publish_trained(
+                model, encoder, splits, (train_data, valid_data, test_data), cfg, history,
+                options, name, parent,
+            )  # fmt: skip
+            metric, _ = metrics.main_metric(cfg.task)
+            print(
+                summary(
+                    history, cfg.epochs, cfg.patience, metric, test_metrics, path, started_from
+                ),
+                flush=True,
+            )
+            print(f"done in {time.perf_counter() - started:.0f}s", flush=True)
+    return distributed.broadcast(world, path)
 
 
-def train_stream(options: TrainOptions) -> Path:
+def train_stream(options: TrainOptions, world: World) -> Path:
     """Train on `--data` read as a stream (training.data.stream): vocabularies in one pass, then
-    epochs of record batches through a shuffle buffer, never the whole data in memory."""
+    epochs of record batches through a shuffle buffer, never the whole data in memory.
+
+    Under torchrun each rank trains on its own shard (files or row groups) and rank 0 alone makes
+    the vocabulary pass, which it broadcasts: one read of the data instead of one per rank, all of
+    them through the same disks at once; the other ranks would wait for the slowest pass anyway."""
     import numpy as np
     import torch
 
-    from training import metrics
+    from training import distributed, metrics
     from training.data import checks, files, stream
     from training.data.splits import SplitPlan, Splits, derived
     from training.readers import Table
@@ -403,22 +492,37 @@ def train_stream(options: TrainOptions) -> Path:
             stream.stream_files(data.data), spec, data.task, data.split_fractions, data.seed,
             data.positive_label, data.delimiter,
         )  # fmt: skip
-        fitted = stream.fit_vocabularies(source, options.min_count, options.max_vocabulary)
+        shard = source.shard(world.rank, world.size)
+        shard.pieces()  # a CSV file per rank, else the message now
     except (FileNotFoundError, ValueError) as problem:
         sys.exit(str(problem))
+    outcome: stream.StreamFit | str = "rank 0 did not fit the vocabularies"
+    if world.is_zero:
+        try:
+            outcome = stream.fit_vocabularies(source, options.min_count, options.max_vocabulary)
+        except (FileNotFoundError, ValueError) as problem:
+            outcome = str(problem)
+    fitted = distributed.broadcast(world, outcome)
+    if isinstance(fitted, str):
+        sys.exit(fitted)
     rows = fitted.rows
-    print(
-        f"vocabulary pass: {sum(rows.values()):,} rows ({rows['train']:,} train,"
-        f" {rows['validation']:,} validation, {rows['test']:,} test) in {fitted.seconds:.1f}s;"
-        f" {fitted.encoder.num_features:,} embedding rows",
-        flush=True,
-    )
+    if world.is_zero:
+        print(
+            f"vocabulary pass: {sum(rows.values()):,} rows ({rows['train']:,} train,"
+            f" {rows['validation']:,} validation, {rows['test']:,} test) in"
+            f" {fitted.seconds:.1f}s; {fitted.encoder.num_features:,} embedding rows",
+            flush=True,
+        )
     encoder = fitted.encoder
     sets = tuple(
         stream.StreamSplit(source, encoder, split, options.shuffle_rows, rows[split])
         for split in stream.SPLITS
     )
-    batch_size = options.batch_size or auto_batch_size(rows["train"])
+    train_share: BatchSource = sets[0]
+    if world.distributed:  # this rank's shard, its rows counted from the Parquet metadata
+        own = stream.StreamSplit(shard, encoder, "train", options.shuffle_rows)
+        train_share = distributed.ShardBatches(own, world)
+    batch_size = global_batch_size(options, rows["train"], world)
     plan = SplitPlan("random", data.split_fractions, seed=data.seed)
     fingerprint = derived(
         files.source_fingerprint(list(source.files), plan, data.positive_label), "stream"
@@ -432,19 +536,27 @@ def train_stream(options: TrainOptions) -> Path:
     model = new_model(options, encoder, described, fitted.label_mean)
     cfg = train_config(options, data, batch_size, fitted.label_range)
     torch.manual_seed(data.seed)
-    history = fit(model, sets[0], sets[1], cfg, name)
+    history = fit(
+        model, train_share, sets[1], cfg, name, world=world, **checkpoint_options(options, name)
+    )
     record = {
         "dataset": "files", "fingerprint": fingerprint, "rows": rows, "split": plan.to_dict(),
         "label": spec.label, "positive_label": data.positive_label,
         "stream": stream.stream_record(source, fitted, options.shuffle_rows),
     }  # fmt: skip
-    path, test_metrics = publish_trained(
-        model, encoder, described, (sets[0], sets[1], sets[2]), cfg, history, options, name,
-        more={"data": record},
-    )  # fmt: skip
-    metric, _ = metrics.main_metric(cfg.task)
-    print(summary(history, cfg.epochs, cfg.patience, metric, test_metrics, path, False), flush=True)
-    return path
+    path = options.out / name
+    with distributed.rank_zero_first(world):
+        if finish(history, options, name, world):
+            path, test_metrics = publish_trained(
+                model, encoder, described, (sets[0], sets[1], sets[2]), cfg, history, options,
+                name, more={"data": record},
+            )  # fmt: skip
+            metric, _ = metrics.main_metric(cfg.task)
+            print(
+                summary(history, cfg.epochs, cfg.patience, metric, test_metrics, path, False),
+                flush=True,
+            )
+    return distributed.broadcast(world, path)
 
 
 def encode_splits(encoder: FeatureEncoder, splits: Splits) -> tuple[Tensors, Tensors, Tensors]:

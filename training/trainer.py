@@ -7,6 +7,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
@@ -14,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from training import metrics
+from training import checkpoint, metrics
+from training.distributed import ONE_PROCESS, World, all_sum, broadcast, gather
 from training.model import AFM
 
 
@@ -90,6 +92,7 @@ class History:
     best: dict[str, float] = field(default_factory=dict)
     train_rows_per_second: float = 0.0
     stopped_by_hook: bool = False  # on_epoch ended it before patience or the epoch cap
+    interrupted: bool = False  # fit's interrupt_after ended it: a checkpoint, no final model
 
 
 # After each epoch: its number and validation scores; True stops training there (a search's
@@ -197,10 +200,28 @@ def make_dense_optimizer(
     raise ValueError(f"unknown optimizer {config.optimizer!r}")
 
 
-def loss_fn(task: str, raw: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+def loss_fn(
+    task: str, raw: torch.Tensor, label: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
     if task == "ctr":
-        return F.binary_cross_entropy_with_logits(raw, label)
-    return F.mse_loss(raw, label)
+        return F.binary_cross_entropy_with_logits(raw, label, reduction=reduction)
+    return F.mse_loss(raw, label, reduction=reduction)
+
+
+def steps(batches: Iterator[Tensors], world: World, device: str) -> Iterator[tuple[Tensors, int]]:
+    """Each batch with the rows of its step over all ranks. The steps end for every rank when
+    any rank's batches end, so all ranks take the same steps (a stream's shards differ in rows;
+    the rows a longer shard has left wait for its next epoch's order)."""
+    for batch in batches:
+        if world.distributed:
+            rows, ended = all_sum(world, [len(batch.label), 0.0], device)
+            if ended:
+                return
+            yield batch, int(rows)
+        else:
+            yield batch, len(batch.label)
+    if world.distributed:
+        all_sum(world, [0.0, 1.0], device)  # the other ranks' call of this step: they end too
 
 
 class EpochStats(NamedTuple):
@@ -216,29 +237,51 @@ def train_one_epoch(
     config: TrainConfig,
     generator: torch.Generator,
     description: str = "train",
+    world: World = ONE_PROCESS,
+    net: torch.nn.Module | None = None,
 ) -> EpochStats:
-    """One pass over the shuffled training data."""
+    """One pass over the shuffled training data.
+
+    Under DDP (`net` wraps `model`, `data` yields this rank's share of each global batch) the loss
+    is the rows' sum over the step's rows on all ranks, times the ranks: DDP averages the ranks'
+    gradients, so a step's gradient is its global batch's mean, however the rows fell to ranks.
+    The loss and rows/s returned are over all ranks."""
     model.train()
+    forward = net or model
     total, rows, in_step, started = 0.0, 0, 0.0, time.perf_counter()
     batches = data.batches(config.batch_size, shuffle=True, generator=generator)
     progress = tqdm(
-        batches, total=math.ceil(len(data) / config.batch_size), desc=description, leave=False
+        steps(batches, world, config.device),
+        total=math.ceil(len(data) * world.size / config.batch_size),
+        desc=description,
+        leave=False,
+        disable=not world.is_zero,
     )
-    for batch in progress:
+    for batch, step_rows in progress:
         index, value, label = (t.to(config.device) for t in (batch.index, batch.value, batch.label))
         step_started = time.perf_counter()
-        out = model(index, value)
-        loss = loss_fn(config.task, out.raw, label)
+        out = forward(index, value)
+        if world.distributed:
+            summed = loss_fn(config.task, out.raw, label, reduction="sum")
+            loss: torch.Tensor = summed * (world.size / step_rows)
+            batch_total = summed.item()
+        else:
+            loss = loss_fn(config.task, out.raw, label)
+            batch_total = loss.item() * len(label)
         if config.l2_attention:
             loss = loss + config.l2_attention * model.attention_l2()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
-        total += loss.item() * len(label)
+        total += batch_total
         in_step += time.perf_counter() - step_started
         rows += len(label)
-        progress.set_postfix(loss=f"{total / rows:.4f}")
+        progress.set_postfix(loss=f"{total / max(rows, 1):.4f}")
     elapsed = time.perf_counter() - started
+    if world.distributed:
+        # the ranks keep step with each other, so one rank's time is the epoch's
+        total, all_rows = all_sum(world, [total, rows], config.device)
+        return EpochStats(total / all_rows, all_rows / elapsed, 1.0 - in_step / elapsed)
     return EpochStats(total / rows, rows / elapsed, 1.0 - in_step / elapsed)
 
 
@@ -281,6 +324,10 @@ def fit(
     name: str = "model",
     start_is_candidate: bool = False,
     on_epoch: EpochHook | None = None,
+    world: World = ONE_PROCESS,
+    checkpoint_path: Path | None = None,
+    resume: bool = False,
+    interrupt_after: int | None = None,
 ) -> History:
     """Train with early stopping on the validation metric; the best epoch's weights are restored.
 
@@ -288,11 +335,19 @@ def fit(
     choice, so a run that never beats them returns them rather than its least bad epoch; patience
     still counts against the trained epochs alone (`EarlyStopping`).
     `on_epoch`: called after each epoch's validation; when it returns True training stops there.
+    `world`: under torchrun, the model trains wrapped in DistributedDataParallel; `train` yields
+    this rank's share of each global batch (`training.distributed`). Rank 0 evaluates on the
+    whole `validation` and its scores and decision to stop reach every rank, so all stop at the
+    same epoch; only rank 0 keeps the best weights (the other ranks return the last ones).
+    `checkpoint_path`: rank 0 saves the run's state there after each epoch; `resume` goes on from
+    it (training.checkpoint). `interrupt_after`: stop after that epoch's checkpoint, as a run
+    killed there would (History.interrupted; the weights are not the best's).
     """
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     model.to(config.device)
-    optimizer = make_optimizer(model, config)
+    optimizer = make_optimizer(model, config)  # the tables' sparse flag is set before DDP's wrap
+    net = ddp(model, world, config.device)
     metric, higher_is_better = metrics.main_metric(config.task)
     scheduler = (
         torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -305,40 +360,113 @@ def fit(
         if config.lr_decay < 1.0
         else None
     )
-    history, best_state, speeds = History(), copy.deepcopy(model.state_dict()), []
+    history, speeds = History(), []
+    # a copy of the best weights on rank 0 alone: the others publish nothing
+    best_state = copy.deepcopy(model.state_dict()) if world.is_zero else {}
     stopping = EarlyStopping(config.patience, higher_is_better)
-    if start_is_candidate:
-        history.best = evaluate(model, validation, config)
-        stopping.best = history.best[metric]
-        print(f"{name} start: " + "  ".join(f"valid {k} {v:.4f}" for k, v in history.best.items()))
-    for epoch in range(1, config.epochs + 1):
-        loss, speed, outside = train_one_epoch(
-            model, optimizer, train, config, generator, f"{name} {epoch}/{config.epochs}"
+    saved = None
+    if resume and checkpoint_path is not None:
+        saved = broadcast(world, checkpoint.load(checkpoint_path) if world.is_zero else None)
+        if saved is None:
+            if world.is_zero:
+                print(f"{name}: no checkpoint at {checkpoint_path}; training from the start")
+        else:
+            changed = checkpoint.differences(saved.config, config.to_dict())
+            if changed:
+                raise checkpoint.ResumeError(
+                    f"--resume: {checkpoint_path} is a run with other settings ("
+                    + "; ".join(changed)
+                    + "): resume with that run's options, or train without --resume"
+                )
+    first = 1
+    if saved is not None:
+        model.load_state_dict(saved.model)
+        optimizer.load_state_dict(saved.optimizer)
+        if scheduler is not None and saved.scheduler is not None:
+            scheduler.load_state_dict(saved.scheduler)
+        stopping.best, stopping.best_trained, stopping.stale = (
+            saved.stopping[k] for k in ("best", "best_trained", "stale")
         )
+        history = History(**saved.history)
+        best_state = saved.best_model if world.is_zero else {}
+        speeds = list(saved.speeds)
+        generator.set_state(saved.generator)
+        if len(saved.rng) == world.size:  # dropout's streams go on; another world draws anew
+            checkpoint.set_rng_state(saved.rng[world.rank])
+        first = config.epochs + 1 if saved.finished else saved.epoch + 1
+        if world.is_zero:
+            print(f"{name}: resumed after epoch {saved.epoch} from {checkpoint_path}", flush=True)
+    elif start_is_candidate:
+        history.best = broadcast(
+            world, evaluate(model, validation, config) if world.is_zero else {}
+        )
+        stopping.best = history.best[metric]
+        if world.is_zero:
+            print(
+                f"{name} start: " + "  ".join(f"valid {k} {v:.4f}" for k, v in history.best.items())
+            )
+    for epoch in range(first, config.epochs + 1):
+        loss, speed, outside = train_one_epoch(
+            model, optimizer, train, config, generator, f"{name} {epoch}/{config.epochs}", world,
+            net,
+        )  # fmt: skip
         speeds.append(speed)
-        scores = evaluate(model, validation, config)
+        scores = broadcast(world, evaluate(model, validation, config) if world.is_zero else {})
         lr = optimizer.param_groups[0]["lr"]
         history.epochs.append(
             {"epoch": epoch, "train_loss": loss, "lr": lr}
             | {f"valid_{k}": v for k, v in scores.items()}
         )
-        print(
-            f"{name} epoch {epoch}: train loss {loss:.4f}  "
-            + "  ".join(f"valid {k} {v:.4f}" for k, v in scores.items())
-            + f"  lr {lr:.3g}  ({speed:,.0f} rows/s, {outside:.0%} outside the step)",
-            flush=True,
-        )
+        if world.is_zero:
+            print(
+                f"{name} epoch {epoch}: train loss {loss:.4f}  "
+                + "  ".join(f"valid {k} {v:.4f}" for k, v in scores.items())
+                + f"  lr {lr:.3g}  ({speed:,.0f} rows/s, {outside:.0%} outside the step)",
+                flush=True,
+            )
         if stopping.update(scores[metric]):
             history.best, history.best_epoch = scores, epoch
-            best_state = copy.deepcopy(model.state_dict())
+            if world.is_zero:
+                best_state = copy.deepcopy(model.state_dict())
+        stop = stopping.should_stop
         if on_epoch is not None and on_epoch(epoch, scores):
-            history.stopped_by_hook = True
-            break
-        if stopping.should_stop:
-            break
-        if scheduler is not None:
+            history.stopped_by_hook = stop = True
+        stop = broadcast(world, stop)  # rank 0's decision: every rank ends at the same epoch
+        if not stop and scheduler is not None:
             scheduler.step(scores[metric])
-    model.load_state_dict(best_state)
+        if checkpoint_path is not None:
+            rng = gather(world, checkpoint.rng_state())
+            if world.is_zero:
+                checkpoint.save(
+                    checkpoint_path,
+                    checkpoint.TrainingState(
+                        epoch, stop, config.to_dict(), world.size, model.state_dict(),
+                        optimizer.state_dict(),
+                        scheduler.state_dict() if scheduler is not None else None,
+                        {"best": stopping.best, "best_trained": stopping.best_trained,
+                         "stale": stopping.stale},
+                        asdict(history), best_state, speeds, generator.get_state(), rng,
+                    ),
+                )  # fmt: skip
+        if stop:
+            break
+        if interrupt_after is not None and epoch == interrupt_after < config.epochs:
+            history.interrupted = True
+            return history
+    if world.is_zero:
+        model.load_state_dict(best_state)
     model.fold_batch_norm()  # a plain FM from here on: evaluation and export see no batch norm
-    history.train_rows_per_second = float(np.median(speeds))
+    history.train_rows_per_second = float(np.median(speeds)) if speeds else 0.0
     return history
+
+
+def ddp(model: AFM, world: World, device: str) -> torch.nn.Module | None:
+    """The model wrapped in DistributedDataParallel under torchrun (None in one process): it
+    averages the ranks' gradients in the backward pass, and starts every rank from rank 0's
+    weights. Frozen parameters take no part."""
+    if not world.distributed:
+        return None
+    from torch.nn.parallel import DistributedDataParallel
+
+    index = torch.device(device).index
+    return DistributedDataParallel(model, device_ids=None if index is None else [index])
