@@ -180,7 +180,10 @@ def make_optimizer(model: AFM, config: TrainConfig) -> torch.optim.Optimizer:
             return dense
         if config.optimizer == "adam":
             return SparseAndDense(torch.optim.SparseAdam(trained, lr=config.lr), dense)
-        # Adagrad's sparse update: fused and foreach kernels take dense gradients only
+        # Adagrad's sparse update: fused and foreach kernels take dense gradients only. It builds
+        # its sparse tensors from a coalesced gradient: checking them each step is not needed, and
+        # saying so stops torch's warning that the checks are implicitly off.
+        torch.sparse.check_sparse_tensor_invariants.disable()  # type: ignore[no-untyped-call]
         return SparseAndDense(torch.optim.Adagrad(trained, lr=config.lr, foreach=False), dense)
     return make_dense_optimizer(groups, config)
 
