@@ -6,14 +6,16 @@
 #   3. docker-compose up: the trainer publishes the demo bundle, then 2 api replicas, then nginx;
 #   4. waits (bounded) until nginx and both replicas are healthy;
 #   5. /model, /predict and /explain through nginx on localhost:8080, both replicas seen;
-#   6. the kill test: one replica killed under a steady stream of requests, none may fail;
-#   7. always tears the stack down (docker-compose down -v), also on failure or Ctrl-C.
+#   6. the SIGTERM test: one replica stopped as compose stops it (docker stop) while clients keep
+#      the replicas saturated through nginx, then started again; no request may fail;
+#   7. the kill test: one replica killed under a steady stream of requests, none may fail;
+#   8. always tears the stack down (docker-compose down -v), also on failure or Ctrl-C.
 #
 # Settings (environment): AFM_HTTP_PORT (8080), COMPOSE_PROJECT_NAME (afmtest), AFM_API_REPLICAS (2),
 # AFM_TRAIN_ARGS (the synthetic demo, 2 epochs), AFM_DATA_DIR (an empty temporary folder),
 # HEALTH_TIMEOUT (300 s, compose up to healthy), BUILD_TIMEOUT (1800 s per image), DOCKER_UP (path
 # of docker-up.sh), WHEELS_DIR (/opt/wheels), COMPOSE (docker-compose, else "docker compose"),
-# KILL_REQUESTS (400), KILL_RATE (40/s), KEEP_STACK=1 to leave the stack up (then: down -v yourself).
+# SIGTERM_CLIENTS (64), KILL_REQUESTS (400), KILL_RATE (40/s), KEEP_STACK=1 to leave the stack up (then: down -v yourself).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -127,27 +129,45 @@ trainer=$(compose ps -q trainer)
 docker logs "$trainer" 2>&1 | grep -E "test:|published" | sed 's/^/    trainer: /' || true
 
 # ---------------------------------------------------------------------------------- 4. health
-deadline=$((up_started + HEALTH_TIMEOUT))
-while :; do
-  healthy=0
-  for id in $(compose ps -q api); do
-    if [[ $(docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{end}}' "$id") == healthy ]]; then
-      healthy=$((healthy + 1))
-    fi
-  done
-  code=$("$PY" -c "import sys, urllib.request
+wait_healthy() {  # wait_healthy <seconds>: every api replica healthy and nginx's /readyz 200
+  local started deadline healthy code id
+  started=$(date +%s)
+  deadline=$((started + $1))
+  while :; do
+    healthy=0
+    for id in $(compose ps -q api); do
+      if [[ $(docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{end}}' "$id") == healthy ]]; then
+        healthy=$((healthy + 1))
+      fi
+    done
+    code=$("$PY" -c "import sys, urllib.request
 try: print(urllib.request.urlopen(sys.argv[1] + '/readyz', timeout=3).status)
 except Exception as e: print(getattr(e, 'code', 0))" "$URL")
-  if [[ $healthy -ge $REPLICAS && $code == 200 ]]; then break; fi
-  (($(date +%s) < deadline)) || die "not healthy within ${HEALTH_TIMEOUT}s (healthy api: $healthy of $REPLICAS, nginx /readyz: $code)"
-  sleep 2
-done
-log "healthy: $healthy api replicas, nginx /readyz 200 ($(($(date +%s) - up_started))s after compose up)"
+    if [[ $healthy -ge $REPLICAS && $code == 200 ]]; then break; fi
+    (($(date +%s) < deadline)) || die "not healthy within $1s (healthy api: $healthy of $REPLICAS, nginx /readyz: $code)"
+    sleep 2
+  done
+  log "healthy: $healthy api replicas, nginx /readyz 200 (after $(($(date +%s) - started))s)"
+}
+wait_healthy $((up_started + HEALTH_TIMEOUT - $(date +%s)))
 
 # ----------------------------------------------------------------------------------- 5. smoke
 "$PY" deploy/smoke_check.py --url "$URL" --replicas "$REPLICAS" || die "smoke check through nginx"
 
-# ------------------------------------------------------------------------------------ 6. kill
+# --------------------------------------------------------------------------------- 6. SIGTERM
+# One replica stopped as compose stops it (SIGTERM, SIGKILL after stop_grace_period) while more
+# clients than the replicas compute at once keep them saturated through nginx; then started again.
+# No request may fail (deploy/sigterm_check.py says what counts as failed).
+mapfile -t replicas < <(compose ps -q api)
+stopped=${replicas[1]:?fewer than two api replicas running}
+grace=$(docker inspect -f '{{with .Config.StopTimeout}}{{.}}{{end}}' "$stopped")
+grace=${grace:-$(compose config | sed -n 's/^ *stop_grace_period: *\([0-9]*\)s$/\1/p' | head -n 1)}
+log "SIGTERM test: docker stop --time ${grace:?no stop_grace_period} ${stopped:0:12} under ${SIGTERM_CLIENTS:-64} clients, then docker start"
+timeout 400 "$PY" deploy/sigterm_check.py --url "$URL" --container "$stopped" --grace "$grace" \
+  --clients "${SIGTERM_CLIENTS:-64}" || die "SIGTERM test"
+wait_healthy 120
+
+# ------------------------------------------------------------------------------------ 7. kill
 mapfile -t replicas < <(compose ps -q api)
 victim=${replicas[0]:?no api replica running}
 victim_host=$(docker inspect -f '{{.Config.Hostname}}' "$victim")
@@ -155,4 +175,4 @@ log "kill test: docker kill ${victim:0:12} (X-Served-By $victim_host) under a st
 timeout 300 "$PY" deploy/kill_replica_check.py --url "$URL" --kill "docker kill $victim" --victim "$victim_host" \
   --requests "${KILL_REQUESTS:-400}" --rate "${KILL_RATE:-40}" --concurrency 4 || die "kill test"
 
-log "PASS: images built, stack healthy, requests served by $REPLICAS replicas through nginx, no request lost to a killed replica"
+log "PASS: images built, stack healthy, requests served by $REPLICAS replicas through nginx, no request lost to a stopped or a killed replica"

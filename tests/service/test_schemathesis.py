@@ -99,6 +99,7 @@ def test_generated_requests_meet_the_documented_contract(models_dir: Path, tmp_p
     assert operations["selected"] == operations["tested"] == operations["total"], operations
 
     cases = cases_per_operation(events)
+    print(f"schemathesis: {sum(cases.values())} cases in {summary['running_time']:.0f} s: {cases}")
     per_operation = {label: n for label, n in cases.items() if label.split()[0] in METHODS}
     assert len(per_operation) == operations["total"] and all(per_operation.values()), cases
     assert {"POST /predict", "GET /explain", "GET /model", "GET /readyz"} <= set(cases), cases
