@@ -149,6 +149,7 @@ def main(argv: list[str] | None = None) -> str:
     log = click_log(args.rows, args.seed)
     data = log.write_csv(WORK / f"clicks-{args.rows}-{args.seed}.csv")
     started = dt.datetime.now(dt.UTC)
+    measured = commit()  # the code measured, before anyone commits again
     path, summary, seconds = train(data, models, args.seed, args.train_options)
 
     bundle = bundles.read(path)
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> str:
     ranked = ["×".join(p) for p in attention.ranked()]
     options = " ".join(args.train_options) or "none (defaults)"
     table = "\n".join([
-        f"Measured {started:%Y-%m-%d %H:%M} UTC at commit `{commit()}` on {platform.node()}"
+        f"Measured {started:%Y-%m-%d %H:%M} UTC at commit `{measured}` on {platform.node()}"
         f" ({os.cpu_count()} CPUs, load average {load_average()} at the end):"
         f" `python -m benchmarks.own_data --rows {args.rows} --seed {args.seed}"
         + (f" -- {' '.join(args.train_options)}`" if args.train_options else "`"),

@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> str:
     WORK.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(WORK / "models", ignore_errors=True)
     started = dt.datetime.now(dt.UTC)
+    measured = commit()  # the code measured, before anyone commits again
     bundle = train_bundle(WORK / "models")
     runs = [floor(bundle)]
     for rows in args.rows:
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> str:
     runs.append(whole_table(inputs(largest)["parquet"], largest))
 
     lines = [
-        f"Measured {started:%Y-%m-%d %H:%M} UTC at commit `{commit()}` on {platform.node()}"
+        f"Measured {started:%Y-%m-%d %H:%M} UTC at commit `{measured}` on {platform.node()}"
         f" ({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end):"
         f" `python -m benchmarks.predict_memory` (--batch-size {args.batch_size}).",
         "",
