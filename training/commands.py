@@ -533,9 +533,9 @@ def train_stream(options: TrainOptions, world: World) -> Path:
         data.positive_label,
     )  # fmt: skip
     name = options.name or default_name(data, described, options.model)
+    torch.manual_seed(data.seed)  # the initial weights: a run repeats, and resumes, exactly
     model = new_model(options, encoder, described, fitted.label_mean)
     cfg = train_config(options, data, batch_size, fitted.label_range)
-    torch.manual_seed(data.seed)
     history = fit(
         model, train_share, sets[1], cfg, name, world=world, **checkpoint_options(options, name)
     )
