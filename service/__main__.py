@@ -66,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"{parser.prog}: invalid settings: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     try:
-        listening = bind(settings.host, settings.port)
+        listening = bind_all(settings.host, settings.port, settings.workers)
     except OSError as error:
         reason = error.strerror or str(error)
         print(
@@ -75,23 +75,43 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         raise SystemExit(1) from None
     if settings.workers == 1:
-        build_server(settings).run(sockets=[listening])
+        build_server(settings).run(sockets=listening)
     else:
         configure_logging(settings.log_level)
         serve_workers(settings, listening)
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     """A TCP socket bound to host:port, before any model loads; OSError when it is taken."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     listening = socket.socket(family, socket.SOCK_STREAM)
     try:
         listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         listening.bind((host, port))
     except OSError:
         listening.close()
         raise
     return listening
+
+
+def bind_all(host: str, port: int, workers: int) -> list[socket.socket]:
+    """One socket for a single process; for several workers, one socket each on the same port
+    (SO_REUSEPORT), so that the kernel spreads new connections over the workers instead of the
+    first worker to wake taking every connection waiting to be accepted."""
+    if workers == 1:
+        return [bind(host, port)]
+    first = bind(host, port, reuse_port=True)
+    sockets = [first]
+    try:
+        for _ in range(workers - 1):
+            sockets.append(bind(host, first.getsockname()[1], reuse_port=True))
+    except OSError:
+        for bound in sockets:
+            bound.close()
+        raise
+    return sockets
 
 
 def _setting_problem(problem: Mapping[str, Any], options: Mapping[str, str]) -> str:

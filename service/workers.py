@@ -1,7 +1,9 @@
 """Several worker processes on one port (`--workers N`), under uvicorn's own supervisor.
 
-The supervisor binds the socket, makes a run directory and starts N workers; each builds its own
-app, runtime and onnxruntime session, as a single process does, and accepts on the shared socket.
+The supervisor binds N sockets to the port (SO_REUSEPORT: the kernel spreads new connections over
+them), makes a run directory and starts N workers; each builds its own app, runtime and
+onnxruntime session, as a single process does, and accepts on its own socket (a replacement
+worker takes over the socket of the one it replaces).
 They share nothing but the models directory and the run directory:
 
     <run>/metrics/            PROMETHEUS_MULTIPROC_DIR: every worker's metrics, summed by `/metrics`
@@ -234,7 +236,7 @@ class Supervisor(Multiprocess):
     SIGINT is passed on to the workers as SIGINT; SIGHUP, SIGTTIN and SIGTTOU (restart, add or
     remove a worker) are ignored: the number of workers is a setting."""
 
-    def __init__(self, settings: Settings, listening: socket.socket, run: Path) -> None:
+    def __init__(self, settings: Settings, listening: list[socket.socket], run: Path) -> None:
         config = uvicorn.Config(
             "service.api:create_app",
             workers=settings.workers,
@@ -242,17 +244,18 @@ class Supervisor(Multiprocess):
             log_config=None,
             access_log=False,
         )
-        super().__init__(config, sockets=[listening])
+        super().__init__(config, sockets=listening)
         self.settings = settings
         self.run_dir = run
 
-    def new_worker(self) -> Worker:
-        worker = Worker(self.config, self.sockets, self.settings, self.run_dir)
+    def new_worker(self, index: int) -> Worker:
+        """Start the worker that accepts on socket `index`."""
+        worker = Worker(self.config, [self.sockets[index]], self.settings, self.run_dir)
         worker.start()
         return worker
 
     def init_processes(self) -> None:
-        self.processes.extend(self.new_worker() for _ in range(self.processes_num))
+        self.processes.extend(self.new_worker(index) for index in range(self.processes_num))
 
     def keep_subprocess_alive(self) -> None:
         for index, worker in enumerate(self.processes):
@@ -268,7 +271,7 @@ class Supervisor(Multiprocess):
                 self.should_exit.set()
                 return
             log.warning("a worker died; starting another", extra={"pid": worker.pid})
-            self.processes[index] = self.new_worker()
+            self.processes[index] = self.new_worker(index)
 
     def forget(self, worker: Process) -> None:
         """Drop a worker that has exited from the shared metrics and reload bookkeeping."""
@@ -292,9 +295,9 @@ class Supervisor(Multiprocess):
         log.info("SIGTTOU ignored: the number of workers is AFM_WORKERS")
 
 
-def serve_workers(settings: Settings, listening: socket.socket) -> None:
-    """Run `settings.workers` workers on the bound socket until SIGTERM or SIGINT, in a run
-    directory (under TMPDIR) made for this start and removed at its end."""
+def serve_workers(settings: Settings, listening: list[socket.socket]) -> None:
+    """Run `settings.workers` workers, one on each bound socket, until SIGTERM or SIGINT, in a
+    run directory (under TMPDIR) made for this start and removed at its end."""
     run = Path(tempfile.mkdtemp(prefix="afm-service-"))
     (run / "metrics").mkdir()
     (run / "workers").mkdir()

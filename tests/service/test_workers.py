@@ -29,6 +29,10 @@ FRESH_CONNECTIONS = 24
 WAIT_SECONDS = 60.0
 
 
+# A connection that the kernel gives to a worker being replaced waits until the new worker accepts
+# (its socket stays open in the supervisor): hence long client timeouts below, not timed checks.
+
+
 def workers_of(server: Server) -> set[int]:
     """The supervisor's worker processes (its children but multiprocessing's resource tracker)."""
     pid = server.process.pid
@@ -43,7 +47,7 @@ def workers_of(server: Server) -> set[int]:
 
 def samples(server: Server, name: str) -> dict[str, float]:
     """Every sample of metric `name` in `/metrics`, by its label text."""
-    text = httpx.get(f"{server.url}/metrics").text
+    text = httpx.get(f"{server.url}/metrics", timeout=WAIT_SECONDS).text
     found = re.findall(rf"^{re.escape(name)}(\{{[^}}]*\}})? (\S+)$", text, re.MULTILINE)
     return {labels: float(value) for labels, value in found}
 
@@ -88,7 +92,9 @@ def test_a_reload_answered_by_one_worker_reaches_every_worker(
         assert len(answers_by_worker(server)) == 2
 
         publish_copy(copy, NAME, 2)
-        reload = httpx.post(f"{server.url}/admin/reload", headers={"X-API-Key": API_KEY})
+        reload = httpx.post(
+            f"{server.url}/admin/reload", headers={"X-API-Key": API_KEY}, timeout=WAIT_SECONDS
+        )
         assert reload.status_code == 200, reload.text
         assert reload.json()["model"] == {"name": NAME, "version": 2}
 
@@ -156,6 +162,30 @@ def test_metrics_count_the_requests_and_cache_lookups_of_every_worker(
         assert lookups['{cache="values",result="miss"}'] <= 2 * len(CONTEXT)
         entries = samples(server, "afm_cache_entries")['{cache="values"}']
         assert len(CONTEXT) <= entries <= 2 * len(CONTEXT)
+    finally:
+        server.running.stop()
+
+
+def test_connections_opened_together_are_spread_over_the_workers(
+    models_dir: Path, tmp_path: Path
+) -> None:
+    server = start_server(models_dir, tmp_path, "--workers", "2")
+    host, port = server.url.removeprefix("http://").split(":")
+
+    async def open_then_ask(connections: int) -> None:
+        opened = [await asyncio.open_connection(host, int(port)) for _ in range(connections)]
+        for _, writer in opened:
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        for reader, writer in opened:
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+            writer.close()
+
+    try:
+        before = answers_by_worker(server)
+        asyncio.run(open_then_ask(16))
+        after = answers_by_worker(server)
+        served = {pid: after[pid] - before.get(pid, 0) for pid in after}
+        assert len(served) == 2 and all(count >= 1 for count in served.values()), served
     finally:
         server.running.stop()
 
