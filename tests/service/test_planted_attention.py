@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.conftest import train_tiny
 from tests.service.conftest import start_server, stop_server
@@ -26,6 +27,7 @@ def row_of(log: ClickLog, i: int) -> dict[str, str | float]:
     return {f: float(log.columns[f][i]) if f == "price" else str(log.columns[f][i]) for f in fields}
 
 
+@pytest.mark.slow
 def test_explain_ranks_the_planted_pairs_first_by_attention(tmp_path: Path) -> None:
     log = click_log(ROWS, seed=1)
     data = log.write_csv(tmp_path / "clicks.csv")

@@ -136,6 +136,7 @@ def test_warm_start_refuses_data_of_other_fields(
                    "--warm-start", str(parent_path))  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_warm_start_on_a_later_slice_beats_that_slice_from_scratch_in_fewer_epochs(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
