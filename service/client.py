@@ -19,7 +19,7 @@ import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any, Self, TypedDict, cast
+from typing import Any, Literal, NotRequired, Self, TypedDict, cast
 
 import httpx
 
@@ -52,6 +52,40 @@ class RowExplanation(TypedDict):
     top_pairs: list[PairTerm]
 
 
+class ExplainOptions(TypedDict):
+    """`explain` as an object: `focus` `rows` (as `True`) or `candidates` (ranking requests: per
+    candidate the pairs with a candidate field and the difference to the best candidate)."""
+
+    focus: NotRequired[Literal["rows", "candidates"]]
+
+
+Explain = bool | ExplainOptions
+
+
+class VersusBest(TypedDict):
+    """A candidate against the request's best candidate, term by term."""
+
+    candidate: int
+    raw_difference: float
+    linear: float
+    context_pairs: float
+    top_pairs: list[dict[str, Any]]
+    other_pairs: float
+
+
+class CandidateExplanation(TypedDict):
+    """One candidate taken apart by what separates it from the others (focus `candidates`)."""
+
+    raw: float
+    bias: float
+    context_linear: float
+    linear: list[LinearTerm]
+    context_pairs: float
+    top_pairs: list[PairTerm]
+    other_pairs: float
+    versus_best: VersusBest
+
+
 class _PredictBase(TypedDict):
     model: ModelRef
     task: str
@@ -62,7 +96,7 @@ class _PredictBase(TypedDict):
 class Prediction(_PredictBase, total=False):
     """The answer of `POST /predict`."""
 
-    explanations: list[RowExplanation]
+    explanations: list[RowExplanation] | list[CandidateExplanation]
 
 
 class LinearTerm(TypedDict):
@@ -112,7 +146,7 @@ def _predict_body(
     instances: Sequence[Row] | None,
     context: Row | None,
     candidates: Sequence[Row] | None,
-    explain: bool,
+    explain: Explain,
     top_k: int | None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = (
@@ -120,7 +154,9 @@ def _predict_body(
         if instances is not None
         else {"context": dict(context or {}), "candidates": list(candidates or [])}
     )
-    if explain:
+    if isinstance(explain, Mapping):
+        body["explain"] = dict(explain)
+    elif explain:
         body["explain"] = True
     if top_k is not None:
         body["top_k"] = top_k
@@ -199,7 +235,7 @@ class AFMClient:
         raise AssertionError("unreachable")
 
     def predict(
-        self, instances: Sequence[Row], *, explain: bool = False, top_k: int | None = None
+        self, instances: Sequence[Row], *, explain: Explain = False, top_k: int | None = None
     ) -> Prediction:
         """Score whole rows, in order."""
         body = _predict_body(instances, None, None, explain, top_k)
@@ -210,7 +246,7 @@ class AFMClient:
         context: Row,
         candidates: Sequence[Row],
         *,
-        explain: bool = False,
+        explain: Explain = False,
         top_k: int | None = None,
     ) -> Prediction:
         """Score candidates sharing one context (encoded once by the service), in order."""
@@ -302,7 +338,7 @@ class AsyncAFMClient:
         raise AssertionError("unreachable")
 
     async def predict(
-        self, instances: Sequence[Row], *, explain: bool = False, top_k: int | None = None
+        self, instances: Sequence[Row], *, explain: Explain = False, top_k: int | None = None
     ) -> Prediction:
         """Score whole rows, in order."""
         body = _predict_body(instances, None, None, explain, top_k)
@@ -313,7 +349,7 @@ class AsyncAFMClient:
         context: Row,
         candidates: Sequence[Row],
         *,
-        explain: bool = False,
+        explain: Explain = False,
         top_k: int | None = None,
     ) -> Prediction:
         """Score candidates sharing one context, in order."""
