@@ -278,6 +278,8 @@ def train(options: TrainOptions) -> Path:
         torch.set_num_threads(options.threads)
     world, device = distributed.start(options.device)
     options = replace(options, device=device)
+    if world.distributed:
+        print(f"{distributed.describe(world, device)}", flush=True)
     try:
         require_world(options, world)
         if options.stream:

@@ -78,6 +78,16 @@ def start(device: str) -> tuple[World, str]:
     return world, device
 
 
+def describe(world: World, device: str) -> str:
+    """A line for the log: which rank of how many, on which host and device, over what backend."""
+    import socket
+
+    return (
+        f"rank {world.rank} of {world.size} (local rank {world.local_rank}) on"
+        f" {socket.gethostname()}, {device}, {backend_for(device)}"
+    )
+
+
 def stop() -> None:
     """Leave the process group, if this process joined one."""
     if dist.is_initialized():
