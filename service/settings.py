@@ -88,8 +88,9 @@ class Settings(BaseSettings):
     """Requests of at least this many rows run onnxruntime in a worker thread, off the loop."""
 
     inference_threads: Annotated[int, Field(ge=0)] = 0
-    """Most of those requests scored at once in worker threads; the rest wait without a thread
-    (0: the CPUs this process may use divided by `intra_op_threads`, at least 1)."""
+    """Most of those requests scored at once in worker threads of one worker process; the rest
+    wait without a thread (0: the usable cores shared among `workers`, divided by
+    `intra_op_threads`, at least 1)."""
 
     batching: bool = True
     """Score concurrent `/predict` requests of fewer rows than `threadpool_min_rows` together, in
@@ -156,11 +157,12 @@ class Settings(BaseSettings):
         return usable_cores() if value == "" else value
 
     def inference_thread_limit(self) -> int:
-        """`inference_threads`, or when 0 the CPUs this process may use per inference's threads:
-        more threads than that only take the CPU and the GIL from the event loop."""
+        """`inference_threads`, or when 0 a worker process's share of the usable cores per
+        inference's threads: more threads than that only take the CPU and the GIL from the event
+        loop."""
         if self.inference_threads:
             return self.inference_threads
-        return max(1, usable_cores() // max(1, self.intra_op_threads))
+        return max(1, usable_cores() // (self.workers * max(1, self.intra_op_threads)))
 
     @field_validator("api_keys", mode="before")
     @classmethod

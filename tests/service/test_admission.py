@@ -10,6 +10,7 @@ import pytest
 from service.admission import Admission
 from service.errors import Overloaded
 from service.metrics import ServiceMetrics
+from service.settings import Settings, usable_cores
 
 
 def count(metrics: ServiceMetrics, result: str) -> float:
@@ -126,3 +127,11 @@ def test_requests_beyond_the_worker_threads_wait_without_a_thread() -> None:
 
     asyncio.run(run())
     assert most == 2
+
+
+def test_the_default_thread_bound_is_a_worker_processes_share_of_the_cores() -> None:
+    cores = usable_cores()
+    assert Settings(workers=1, intra_op_threads=1).inference_thread_limit() == cores
+    assert Settings(workers=cores, intra_op_threads=1).inference_thread_limit() == 1
+    assert Settings(workers=1, intra_op_threads=cores + 1).inference_thread_limit() == 1
+    assert Settings(workers=4, inference_threads=3).inference_thread_limit() == 3
