@@ -39,6 +39,9 @@ SERVER_ENV = {
     "AFM_MAX_CANDIDATES": "300",
     "AFM_MAX_BODY_BYTES": str(256 * 1024),
     "AFM_THREADPOOL_MIN_ROWS": "50",
+    # One process unless a test asks for more: per-process counts and start-up time stay simple;
+    # tests/service/test_workers.py and test_drain.py start several workers on purpose.
+    "AFM_WORKERS": "1",
 }
 
 
