@@ -52,7 +52,9 @@ def export_onnx(model: AFM, task: str, label_range: tuple[float, float], path: P
             opset_version=OPSET,
             dynamo=False,
         )
-    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    # checked from the file: a loaded copy of the graph, and the checker's serialised one, would
+    # each hold every weight again (hundreds of MB for a table of millions of rows)
+    onnx.checker.check_model(str(path), full_check=True)
 
 
 def global_attention(
