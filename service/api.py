@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import TYPE_CHECKING, Annotated, Any
@@ -19,6 +20,9 @@ import anyio
 import anyio.to_thread
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.responses import Response
+from pydantic import Field, TypeAdapter, ValidationError
+from starlette.routing import Match, Route
+from starlette.types import Scope
 
 from service.admission import TICKET, Admission, AdmissionGate, Ticket
 from service.batching import Batcher
@@ -31,6 +35,8 @@ from service.errors import (
     RequestTimeout,
     Unauthorized,
     UnsupportedMediaType,
+    ValidationFailed,
+    problem_of,
 )
 from service.handlers import install_handlers
 from service.metrics import ServiceMetrics
@@ -93,11 +99,6 @@ async def get_model(runtime: Annotated[ModelRuntime, Depends(get_runtime)]) -> S
     return runtime.model
 
 
-async def get_ticket(request: Request) -> Ticket:
-    ticket: Ticket = request.scope[TICKET]
-    return ticket
-
-
 async def get_drain(request: Request) -> Drain:
     drain: Drain = request.app.state.drain
     return drain
@@ -107,28 +108,45 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 RuntimeDep = Annotated[ModelRuntime, Depends(get_runtime)]
 MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
 ModelDep = Annotated[ServedModel, Depends(get_model)]
-TicketDep = Annotated[Ticket, Depends(get_ticket)]
 DrainDep = Annotated[Drain, Depends(get_drain)]
 
 router = APIRouter()
 
 
-@router.post(
-    "/predict",
-    response_model=PredictResponse,
-    responses=ERRORS,
-    summary="Score rows: instances, or a context with candidates",
-)
-async def predict(
-    request: Request, model: ModelDep, settings: SettingsDep, ticket: TicketDep
-) -> Response:
+# /predict and /explain are served by plain Starlette routes (`LeanRoute`): their endpoints take
+# the request and read what they need from the app's state, so no dependency is resolved and no
+# parameter validated by FastAPI per request. `documented` declares the same endpoints to FastAPI
+# for the OpenAPI document only; it is never mounted.
+
+
+class LeanRoute(Route):
+    """A Starlette route for an endpoint that takes the request and answers it. It puts itself in
+    `scope["route"]` (the metrics' route label) and answers only its own methods (no implicit
+    HEAD)."""
+
+    def __init__(self, path: str, endpoint: Callable[[Request], Awaitable[Response]], method: str):
+        super().__init__(path, endpoint, methods=[method])
+        self.methods = {method}
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child_scope = super().matches(scope)
+        if match is not Match.NONE:
+            child_scope["route"] = self
+        return match, child_scope
+
+
+async def predict(request: Request) -> Response:
     """`{"instances": [...]}` or `{"context": {...}, "candidates": [...]}`; scores in order."""
+    state = request.app.state
+    settings: Settings = state.settings
+    model: ServedModel = state.runtime.model
+    ticket: Ticket = request.scope[TICKET]
     body = await read_json_body(
         request, settings.max_body_bytes, timeout=settings.body_timeout_seconds
     )
     ticket.check()
     parsed = model.schemas.parse_predict(body)
-    batcher: Batcher | None = request.app.state.batcher
+    batcher: Batcher | None = state.batcher
     if len(parsed.rows) >= settings.threadpool_min_rows:
         answer = await ticket.in_thread(partial(model.predict, parsed))
     elif batcher is not None:
@@ -138,23 +156,56 @@ async def predict(
     return OrjsonResponse(answer)
 
 
-@router.get(
+async def explain(request: Request) -> Response:
+    """One row as query parameters `field=value`; every pair, sorted by |contribution|."""
+    model: ServedModel = request.app.state.runtime.model
+    query = request.query_params
+    top_k = parse_top_k(query.get("top_k"))
+    row = model.schemas.parse_explain_query(query.multi_items(), top_k)
+    return OrjsonResponse(model.explain(row, top_k))
+
+
+TOP_K_DESCRIPTION = "add `top_pairs`: the k pairs of largest |contribution|"
+TOP_K: TypeAdapter[int | None] = TypeAdapter(Annotated[int | None, Field(ge=1)])
+
+
+def parse_top_k(given: str | None) -> int | None:
+    """`top_k` of a `GET /explain` query: a whole number of at least 1, when given."""
+    if given is None:
+        return None
+    try:
+        top_k: int | None = TOP_K.validate_python(given)
+    except ValidationError as error:
+        details = [("top_k", problem_of(e)) for e in error.errors(include_url=False)]
+        raise ValidationFailed("the request parameters are not valid", details) from None
+    return top_k
+
+
+async def _explain_parameters(
+    top_k: Annotated[int | None, Query(ge=1, description=TOP_K_DESCRIPTION)] = None,
+) -> None:
+    """The query parameters of `GET /explain` as FastAPI documents them (never called)."""
+
+
+documented = APIRouter()
+documented.add_api_route(
+    "/predict",
+    predict,
+    methods=["POST"],
+    response_model=PredictResponse,
+    responses=ERRORS,
+    summary="Score rows: instances, or a context with candidates",
+)
+documented.add_api_route(
     "/explain",
+    explain,
+    methods=["GET"],
     response_model=ExplainResponse,
     responses=ERRORS,
     summary="Take one row apart: bias, linear terms and every pair",
+    dependencies=[Depends(_explain_parameters)],
 )
-async def explain(
-    request: Request,
-    model: ModelDep,
-    top_k: Annotated[
-        int | None,
-        Query(ge=1, description="add `top_pairs`: the k pairs of largest |contribution|"),
-    ] = None,
-) -> Response:
-    """One row as query parameters `field=value`; every pair, sorted by |contribution|."""
-    row = model.schemas.parse_explain_query(request.query_params.multi_items(), top_k)
-    return OrjsonResponse(model.explain(row, top_k))
+LEAN_ROUTES = [LeanRoute("/predict", predict, "POST"), LeanRoute("/explain", explain, "GET")]
 
 
 @router.get("/model", response_model=ModelInfo, responses=ERRORS, summary="The served model")
@@ -323,6 +374,7 @@ def create_app(
         else None
     )
     metrics.watch_caches(runtime.memo_stats)
+    app.router.routes.extend(LEAN_ROUTES)
     app.include_router(router)
     app.include_router(v2_router)
     install_handlers(app)
@@ -334,5 +386,5 @@ def create_app(
         access_log=settings.access_log,
         drain=app.state.drain,
     )
-    install_openapi(app, runtime)
+    install_openapi(app, runtime, documented.routes)
     return app

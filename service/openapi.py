@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from starlette.routing import BaseRoute
 
 from service.runtime import ModelRuntime, ServedModel
 
 
-def install_openapi(app: FastAPI, runtime: ModelRuntime) -> None:
-    """OpenAPI that documents the served model's real fields in `/predict` and `/explain`."""
+def install_openapi(
+    app: FastAPI, runtime: ModelRuntime, documented: Sequence[BaseRoute] = ()
+) -> None:
+    """OpenAPI that documents the served model's real fields in `/predict` and `/explain`.
+
+    `documented`: FastAPI declarations of routes the app serves by plain Starlette routes (which
+    FastAPI does not document), placed first in the document."""
     cache: dict[tuple[str, int] | None, dict[str, Any]] = {}
 
     def openapi() -> dict[str, Any]:
@@ -22,7 +29,7 @@ def install_openapi(app: FastAPI, runtime: ModelRuntime) -> None:
                 title=app.title,
                 version=app.version,
                 description=app.description,
-                routes=app.routes,
+                routes=[*documented, *app.routes],
             )
             if model is not None:
                 document_model(schema, model)
