@@ -298,6 +298,30 @@ def service_server(bundle_dir: Path, pin: bool, log: Path, workers: int = 1) -> 
     return Server(name, command, env, port, log, workers=workers)
 
 
+def lean_server(bundle_dir: Path, pin: bool, log: Path) -> Server:
+    port = free_port()
+    command = [
+        *taskset(SERVER_CPU, pin), sys.executable, "-m", "uvicorn",
+        "benchmarks.peers.lean_fastapi:app", "--host", HOST, "--port", str(port),
+        "--no-access-log", "--log-level", "warning",
+    ]  # fmt: skip
+    env = {"AFM_BUNDLE": str(bundle_dir), "AFM_INTRA_OP_THREADS": "1"}
+    return Server("lean", command, env, port, log)
+
+
+def bentoml_server(bundle_dir: Path, pin: bool, log: Path) -> Server:
+    from benchmarks.peers import bentoml_service
+
+    bentoml_service.ensure_env()
+    port = free_port()
+    command = [*taskset(SERVER_CPU, pin), *bentoml_service.serve_command(port, HOST)]
+    env = {
+        "AFM_BUNDLE": str(bundle_dir), "AFM_INTRA_OP_THREADS": "1", "BENTOML_DO_NOT_TRACK": "true",
+        "BENTOML_CONFIG_OPTIONS": "api_server.logging.access.enabled=false",
+    }  # fmt: skip
+    return Server("bentoml", command, env, port, log)
+
+
 def tutorial_server(bundle_dir: Path, pin: bool, log: Path) -> Server:
     port = free_port()
     command = [
@@ -459,9 +483,15 @@ def cpu_seconds(pid: int) -> float:
 
 
 def server_cpu_seconds(pid: int) -> float:
-    """CPU time of a server process and of its live children (the workers of `--workers N`)."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return cpu_seconds(pid) + sum(cpu_seconds(int(child)) for child in children)
+    """CPU time of a server process and of its live descendants (the workers of `--workers N`,
+    BentoML's supervisor and its API worker)."""
+    total = cpu_seconds(pid)
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            for child in (task / "children").read_text().split():
+                with contextlib.suppress(OSError):
+                    total += server_cpu_seconds(int(child))
+    return total
 
 
 def answers_by_worker(url: str) -> dict[str, float]:
@@ -494,18 +524,20 @@ def measure_server(
     try:
         rates, notes = {}, []
         for n, body in bodies.items():
+            # single-row requests: many clients at once (what dynamic batching is for)
+            connections = args.batch_connections if n == 1 else args.connections
             if use_wrk:
-                wrk_saturation(server.url, body_files[n], args.connections, 1, pin, work)  # warm
+                wrk_saturation(server.url, body_files[n], connections, 1, pin, work)  # warm
                 answered = answers_by_worker(server.url) if server.workers > 1 else {}
                 cpu = server_cpu_seconds(pid)
                 sat = wrk_saturation(
-                    server.url, body_files[n], args.connections, args.duration, pin, work
+                    server.url, body_files[n], connections, args.duration, pin, work
                 )
             else:
-                python_saturation(server.port, body, args.connections, 1, pin)  # warm-up
+                python_saturation(server.port, body, connections, 1, pin)  # warm-up
                 answered = answers_by_worker(server.url) if server.workers > 1 else {}
                 cpu = server_cpu_seconds(pid)
-                sat = python_saturation(server.port, body, args.connections, args.duration, pin)
+                sat = python_saturation(server.port, body, connections, args.duration, pin)
             cpu = server_cpu_seconds(pid) - cpu
             if answered:
                 after = answers_by_worker(server.url)
@@ -563,6 +595,29 @@ def markdown(
             f"| {each(r, lambda x, top: f'{x.cpu / top.cpu:.2f}')} "
             f"| {latency} | {row.load} |"
         )
+    return "\n".join(lines) + "\n"
+
+
+def ratios(served: list[Row], sizes: Sequence[int]) -> str:
+    """This service (one worker) against each peer: rows per server CPU-second and requests/s at
+    saturation, per request size."""
+    ours = next((row for row in served if row.way.startswith("this service:")), None)
+    if ours is None:
+        return ""
+    per = " / ".join(str(n) for n in sizes)
+    lines = [
+        "",
+        f"This service (one worker) over each other way, at {per} candidates:",
+        "",
+        f"| over | per server CPU-second, {per} | requests/s at saturation, {per} |",
+        "|---|---|---|",
+    ]
+    for row in served:
+        if row is ours:
+            continue
+        cpu = " / ".join(f"{ours.rates[n].cpu / row.rates[n].cpu:.2f}" for n in sizes)
+        wall = " / ".join(f"{ours.rates[n].wall / row.rates[n].wall:.2f}" for n in sizes)
+        lines.append(f"| {row.way} | {cpu} | {wall} |")
     return "\n".join(lines) + "\n"
 
 
@@ -669,7 +724,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--rebuild", action="store_true", help="train the bundle even if one is there"
     )
     parser.add_argument(
-        "--sizes", type=int, nargs="+", default=[100, 700], help="candidates per request"
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[1, 100, 700],
+        help="candidates per request (1: at --batch-connections connections)",
     )
     parser.add_argument(
         "--duration", type=float, default=5.0, help="seconds per load measurement (default 5)"
@@ -685,6 +744,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-tutorial", action="store_true", help="skip peer 2, the tutorial service"
     )
+    parser.add_argument(
+        "--no-lean", action="store_true", help="skip peer 3, the lean FastAPI service"
+    )
+    parser.add_argument(
+        "--no-bentoml", action="store_true",
+        help="skip peer 4, BentoML (installed into benchmarks/.envs/bentoml on first use)",
+    )  # fmt: skip
     parser.add_argument(
         "--no-pin", action="store_true", help="do not pin the server and the load to CPUs"
     )
@@ -757,6 +823,10 @@ def main(argv: Sequence[str] | None = None) -> str:
         servers.append(
             service_server(bundle_dir, pin, work / "service-workers.log", workers=args.workers)
         )
+    if not args.no_lean:
+        servers.append(lean_server(bundle_dir, pin, work / "lean.log"))
+    if not args.no_bentoml:
+        servers.append(bentoml_server(bundle_dir, pin, work / "bentoml.log"))
     if not args.no_tutorial:
         servers.append(tutorial_server(bundle_dir, pin, work / "tutorial.log"))
     labels = {
@@ -765,6 +835,8 @@ def main(argv: Sequence[str] | None = None) -> str:
             f"this service, `--workers {args.workers}` on the one server CPU (all workers' CPU)"
         ),
         "tutorial": "tutorial: FastAPI + pydantic per candidate + PyTorch eager",
+        "lean": "lean: hand-written FastAPI + onnxruntime (benchmarks/peers/lean_fastapi.py)",
+        "bentoml": "BentoML 1.4.40 + onnxruntime (benchmarks/peers/bentoml_service.py)",
     }
     served = []
     for server in servers:
@@ -828,7 +900,7 @@ def main(argv: Sequence[str] | None = None) -> str:
         ),
         "load average": f"{load_before} before, {load_average()} after (1, 5, 15 min)",
     }
-    table = markdown(rows, limit, args.sizes, header)
+    table = markdown(rows, limit, args.sizes, header) + ratios(served, args.sizes)
     print(table)
     shutil.rmtree(work, ignore_errors=True)
     return table
