@@ -175,4 +175,5 @@ log "kill test: docker kill ${victim:0:12} (X-Served-By $victim_host) under a st
 timeout 300 "$PY" deploy/kill_replica_check.py --url "$URL" --kill "docker kill $victim" --victim "$victim_host" \
   --requests "${KILL_REQUESTS:-400}" --rate "${KILL_RATE:-40}" --concurrency 4 || die "kill test"
 
+timeout 1500 bash deploy/ddp_check.sh || die "two trainer containers as torchrun nodes (deploy/ddp_check.sh)"
 log "PASS: images built, stack healthy, requests served by $REPLICAS replicas through nginx, no request lost to a stopped or a killed replica"
