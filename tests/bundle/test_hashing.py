@@ -1,5 +1,6 @@
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -33,7 +34,7 @@ def test_hash_slot_matches_the_shared_vectors(vector):
 
 def test_encoder_places_each_vector_in_the_fields_block():
     offset = 7
-    by_buckets: dict[int, list[dict]] = {}
+    by_buckets: dict[int, list[dict[str, Any]]] = {}
     for vector in VECTORS:
         by_buckets.setdefault(vector["buckets"], []).append(vector)
     for buckets, vectors in by_buckets.items():
