@@ -14,7 +14,16 @@ to CPU 1:
   supervisor and the shared metrics cost and whether each worker takes a fair share of the
   requests (on two CPUs with the load on one, two workers cannot run faster than one);
 * the tutorial service (peer 2): benchmarks/peers/tutorial_service.py (FastAPI, a pydantic object
-  per candidate, PyTorch eager) under the same pinning and load.
+  per candidate, PyTorch eager) under the same pinning and load;
+* a lean hand-written FastAPI + onnxruntime service (peer 3): benchmarks/peers/lean_fastapi.py (one
+  pydantic model, one session, one route);
+* BentoML serving the same ONNX graph with onnxruntime (peer 4):
+  benchmarks/peers/bentoml_service.py, in a virtual environment of its own installed from PyPI on
+  first use (benchmarks/.envs/bentoml), one API worker.
+
+Request sizes: 1 candidate (at --batch-connections, 64, connections: what dynamic batching is
+for), 100 and 700 (at --connections, 8). After the table, this service's ratios over each other
+way of serving, per server CPU-second and in requests/s at saturation.
 
 The bundle is frappe-shaped: AFM with k=64 and t=64 trained for one epoch on 20,000 rows of the
 synthetic data set (11 fields: frappe's 10 plus a numeric price). Requests rank 100 or 700
@@ -37,6 +46,7 @@ steadier ones on a busy machine. The limit is measured before and after the serv
 of the two is used.
 
     .venv/bin/python -m benchmarks.serving [--bundle DIR] [--duration 5] [--no-tutorial]
+        [--no-lean] [--no-bentoml] [--sizes 1 100 700]
 """
 
 from __future__ import annotations
@@ -67,7 +77,7 @@ import orjson
 from service.process import HOST, ServerProcess, free_port, service_command
 from service.process import start as start_server
 from training import bundle as bundles
-from training.bundle.features import CategoricalField, FeatureEncoder
+from training.bundle.features import CategoricalField, FeatureEncoder, HashedField
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,6 +181,8 @@ def ranking_request(encoder: FeatureEncoder, candidates: int) -> dict[str, Any]:
             continue
         if isinstance(f, CategoricalField):
             context[f.name] = next(iter(f.vocabulary))  # the most frequent value
+        elif isinstance(f, HashedField):
+            context[f.name] = (f.examples(n=1) or [""])[0]  # a frequent training value
         else:
             context[f.name] = round(f.representatives()[0], 2)  # the mean or a bucket
     items = list(encoder.field(item).examples(n=candidates))
