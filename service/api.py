@@ -8,6 +8,7 @@ OpenAPI document live beside this module (`middleware`, `handlers`, `openapi`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import threading
@@ -302,7 +303,9 @@ async def read_json_body(
             )
     chunks, size = [], 0
     try:
-        with anyio.fail_after(timeout):
+        # asyncio's timeout rather than anyio's cancel scope: the same deadline at a fraction of
+        # the per-request cost
+        async with asyncio.timeout(timeout):
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:
