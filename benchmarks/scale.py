@@ -107,7 +107,7 @@ def train_at_scale(args: argparse.Namespace) -> dict[str, Any]:
     folder = generated(args.rows, args.shards)
     made_seconds = time.perf_counter() - made
     models = WORK / "models"
-    name = f"scale-{args.rows}-{args.model}"
+    name = f"scale-{args.rows}-{args.model}-b{args.buckets}"
     fields = suggested_fields(buckets=args.buckets)
     command = [
         sys.executable, "-m", "training", "train", "--stream", "--data", str(folder),
@@ -203,9 +203,10 @@ def large_table(args: argparse.Namespace) -> dict[str, Any]:
     from training import export
 
     folder = generated(20_000, 2)
-    rows = pq.read_table(sorted(folder.glob("*.parquet"))[0]).slice(0, 100).to_pylist()
     names = ["I1", "I2", "C1", "C2", "C3", "C6", "C14"]
-    instances = [{n: r[n] for n in names} for r in rows]
+    rows = pq.read_table(sorted(folder.glob("*.parquet"))[0], columns=names).to_pylist()
+    complete = [r for r in rows if None not in r.values()][:100]  # a request names every field
+    instances = [{n: float(v) if n.startswith("I") else v for n, v in r.items()} for r in complete]
     found: dict[str, Any] = {"part": "large-table", "requests": args.requests, "rows_each": 100}
     for label, buckets in (("small", 1_000), ("large", 5_000_000)):
         models = WORK / f"serve-{label}"
@@ -295,7 +296,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared), load"
         f" {os.getloadavg()[0]:.1f}",
     }
-    tag = f"{args.rows}-{args.model}" if result["part"] == "train" else args.model
+    tag = f"{args.rows}-{args.model}-b{args.buckets}" if result["part"] == "train" else args.model
     out = WORK / f"{result['part']}-{tag}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
