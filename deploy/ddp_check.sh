@@ -102,10 +102,15 @@ for id in "$node0" "$node1"; do
   if grep -q "^published" <<<"$lines"; then publishers=$((publishers + 1)); fi
 done
 [[ $publishers == 1 ]] || die "$publishers nodes published: rank 0 alone must"
-versions=$(docker run --rm -v "${COMPOSE_PROJECT_NAME}_models:/models:ro" --entrypoint sh "$AFM_TRAIN_IMAGE" \
-  -c "ls /models/$AFM_DDP_NAME | grep -E '^[0-9]+$' | tr '\n' ' '")
+# read from the exited node's mount (docker cp): no further container, each is a copy of the image
+versions=$(docker cp "$node0:/models/$AFM_DDP_NAME" - | tar -tf - |
+  awk -F/ '$2 ~ /^[0-9]+$/ { print $2 }' | sort -u | tr '\n' ' ')
 [[ $versions == "1 " ]] || die "expected exactly version 1 of $AFM_DDP_NAME in the models volume, found: '$versions'"
 log "one bundle: $AFM_DDP_NAME/1"
+# the exited nodes' containers go (each is a copy of the train image on some storage drivers);
+# the models volume stays for the api replicas
+timeout 600 "${COMPOSE_CMD[@]}" --profile ddp rm -fs ddp-data trainer-0 trainer-1 >/dev/null 2>&1 ||
+  log "could not remove the exited nodes' containers"
 
 # ---------------------------------------------------------------- 3. served through nginx
 log "api x$AFM_API_REPLICAS and nginx on $URL serving $AFM_DDP_NAME"
