@@ -2,7 +2,7 @@
 
 `predict` reads a record batch at a time, scores it and writes it as one row group, so its memory
 should not grow with the file. Each run here is a child process, and its peak resident set size is
-that child's own (`os.wait4`'s ru_maxrss, taken by a small launcher process: see LAUNCHER). For
+that child's own (`os.wait4`'s ru_maxrss, taken by a small launcher process: see benchmarks/peak_memory.py). For
 scale, two more children: one that imports `training.predict` and reads the bundle and stops (the
 floor every run pays), and one that reads the whole 1M-row file into an Arrow table (what a run
 that did not stream would hold at least, before encoding or scoring any of it). The batch sets the
@@ -26,14 +26,13 @@ import platform
 import shutil
 import subprocess
 import sys
-import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from benchmarks.peak_memory import run_measured
 from training.data.synthetic import CLICK_FIELDS, click_log
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,31 +49,6 @@ class Run:
     size: int | None  # input bytes
     peak_rss: int  # bytes
     seconds: float
-
-
-# Starts the measured command and prints its peak RSS (KiB). A forked child's ru_maxrss starts
-# from its parent's RSS at the fork and survives exec, so the measured process is forked from this
-# small launcher, never from the benchmark that holds a million generated rows.
-LAUNCHER = (
-    "import os, subprocess, sys; child = subprocess.Popen(sys.argv[1:], stdout=sys.stderr);"
-    " _, status, usage = os.wait4(child.pid, 0); print(os.waitstatus_to_exitcode(status),"
-    " usage.ru_maxrss)"
-)
-
-
-def child(command: Sequence[str], log: Path) -> tuple[int, float]:
-    """Run `command` to its end; its own peak RSS in bytes and its wall seconds."""
-    began = time.perf_counter()
-    with open(log, "wb") as out:
-        done = subprocess.run(
-            [sys.executable, "-c", LAUNCHER, *command], cwd=ROOT, stdout=subprocess.PIPE,
-            stderr=out, text=True,
-        )  # fmt: skip
-    seconds = time.perf_counter() - began
-    code, peak_kib = (int(x) for x in done.stdout.split())
-    if done.returncode != 0 or code != 0:
-        sys.exit(f"{' '.join(command)} failed ({code}):\n{log.read_text()[-3000:]}")
-    return peak_kib * 1024, seconds  # Linux reports KiB
 
 
 def train_bundle(models: Path) -> Path:
@@ -106,7 +80,7 @@ def predict(bundle: Path, data: Path, rows: int, batch_size: int, explain: bool)
         sys.executable, "-m", "training", "predict", "--bundle", str(bundle), "--data", str(data),
         "--out", str(out), "--batch-size", str(batch_size), *(["--explain"] if explain else []),
     ]  # fmt: skip
-    peak, seconds = child(command, WORK / "predict.log")
+    peak, seconds = run_measured(command, WORK / "predict.log")
     printed = json.loads((WORK / "predict.log").read_text().strip().splitlines()[-1])
     if printed["rows"] != rows or pq.ParquetFile(out).metadata.num_rows != rows:
         sys.exit(f"predict scored {printed['rows']} rows of {rows}")
@@ -116,13 +90,13 @@ def predict(bundle: Path, data: Path, rows: int, batch_size: int, explain: bool)
 
 def floor(bundle: Path) -> Run:
     code = "from training import bundle, predict; import sys; bundle.read(sys.argv[1]).session()"
-    peak, seconds = child([sys.executable, "-c", code, str(bundle)], WORK / "floor.log")
+    peak, seconds = run_measured([sys.executable, "-c", code, str(bundle)], WORK / "floor.log")
     return Run("imports and the bundle's session, nothing read", None, None, peak, seconds)
 
 
 def whole_table(data: Path, rows: int) -> Run:
     code = "import sys, pyarrow.parquet as pq; pq.read_table(sys.argv[1])"
-    peak, seconds = child([sys.executable, "-c", code, str(data)], WORK / "whole.log")
+    peak, seconds = run_measured([sys.executable, "-c", code, str(data)], WORK / "whole.log")
     return Run("the whole Parquet file read as one table", rows, data.stat().st_size, peak, seconds)
 
 

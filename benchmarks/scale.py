@@ -45,31 +45,11 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.peak_memory import run_measured
+
 ROOT = Path(__file__).resolve().parents[1]
 TIMED_STEPS = 3  # --steps: steps timed after two of warm-up
 WORK = ROOT / "benchmarks" / "results" / "scale"
-# Starts the measured command and prints its exit code and peak RSS (KiB): the measured process is
-# forked from this small launcher, so its ru_maxrss is its own (as benchmarks/predict_memory.py).
-LAUNCHER = (
-    "import os, subprocess, sys; child = subprocess.Popen(sys.argv[1:], stdout=sys.stderr);"
-    " _, status, usage = os.wait4(child.pid, 0); print(os.waitstatus_to_exitcode(status),"
-    " usage.ru_maxrss)"
-)
-
-
-def run_child(command: list[str], log: Path) -> tuple[int, float]:
-    """Run `command` to its end: its own peak RSS in bytes and its wall seconds."""
-    began = time.perf_counter()
-    with open(log, "wb") as out:
-        done = subprocess.run(
-            [sys.executable, "-c", LAUNCHER, *command], cwd=ROOT, stdout=subprocess.PIPE,
-            stderr=out, text=True,
-        )  # fmt: skip
-    seconds = time.perf_counter() - began
-    code, peak_kib = (int(x) for x in done.stdout.split())
-    if done.returncode != 0 or code != 0:
-        sys.exit(f"{' '.join(command)} failed ({code}):\n{log.read_text()[-3000:]}")
-    return peak_kib * 1024, seconds
 
 
 def generated(rows: int, shards: int, seed: int = 0) -> Path:
@@ -117,7 +97,7 @@ def train_at_scale(args: argparse.Namespace) -> dict[str, Any]:
         "--shuffle-rows", str(args.shuffle_rows), "--out", str(models), "--name", name,
     ]  # fmt: skip
     log = WORK / f"{name}.log"
-    peak, seconds = run_child(command, log)
+    peak, seconds = run_measured(command, log)
     text = log.read_text(errors="replace").replace("\r", "\n")
     vocabulary = re.search(r"vocabulary pass: .*? in ([\d.]+)s; ([\d,]+) embedding rows", text)
     epoch = re.search(r"epoch 1: .*?\(([\d,]+) rows/s", text)
@@ -217,7 +197,7 @@ def large_table(args: argparse.Namespace) -> dict[str, Any]:
             "--sparse-embeddings", "--threads", str(args.threads), "--out", str(models),
             "--name", label,
         ]  # fmt: skip
-        peak, train_seconds = run_child(command, WORK / f"serve-{label}-train.log")
+        peak, train_seconds = run_measured(command, WORK / f"serve-{label}-train.log")
         bundle = max((models / label).glob("[0-9]*"), key=lambda p: int(p.name))
         model = export.load_checkpoint(bundle)
         began = time.perf_counter()

@@ -8,7 +8,6 @@ OpenAPI document live beside this module (`middleware`, `handlers`, `openapi`).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import threading
@@ -27,13 +26,11 @@ from starlette.types import Scope
 
 from service.admission import TICKET, Admission, AdmissionGate, Ticket
 from service.batching import Batcher
+from service.bodies import declared_length, read_limited
 from service.drain import Drain
 from service.errors import (
-    BadRequest,
     Forbidden,
     NotReady,
-    PayloadTooLarge,
-    RequestTimeout,
     Unauthorized,
     UnsupportedMediaType,
     ValidationFailed,
@@ -283,15 +280,7 @@ async def read_json_body(
     """The body of a JSON request: 415 unless declared JSON, 413 beyond `limit` bytes, 408 when
     it has not all arrived within `timeout` seconds."""
     content_type = request.headers.get("content-type")
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise BadRequest("Content-Length is not a number", [("content-length", "not a number")])
-        if int(declared) > limit:
-            raise PayloadTooLarge(
-                f"the body is {declared} bytes, the limit is {limit}",
-                [("body", f"larger than {limit} bytes")],
-            )
+    declared = declared_length(request, limit)
     if not (optional and content_type is None and declared in (None, "0")):
         media = (content_type or "").split(";")[0].strip().lower()
         if media != "application/json" and not (
@@ -301,24 +290,7 @@ async def read_json_body(
                 f"send the body as application/json, not {content_type or 'without a type'}",
                 [("content-type", "not application/json")],
             )
-    chunks, size = [], 0
-    try:
-        # asyncio's timeout rather than anyio's cancel scope: the same deadline at a fraction of
-        # the per-request cost
-        async with asyncio.timeout(timeout):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLarge(
-                        f"the body is over {limit} bytes", [("body", f"larger than {limit} bytes")]
-                    )
-                chunks.append(chunk)
-    except TimeoutError:
-        raise RequestTimeout(
-            f"the body did not arrive within {timeout:g} s",
-            [("body", f"not received within {timeout:g} s")],
-        ) from None
-    return b"".join(chunks)
+    return await read_limited(request, limit, timeout)
 
 
 def create_app(

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 from pydantic import ValidationError as PydanticValidationError
 
 from service.admission import Admission
+from service.bodies import declared_length, read_limited
 from service.drain import Drain
 from service.errors import (
     BadRequest,
@@ -42,7 +43,6 @@ from service.errors import (
     NotFound,
     NotReady,
     PayloadTooLarge,
-    RequestTimeout,
     ServiceError,
     UnsupportedMediaType,
     validation_details,
@@ -425,30 +425,8 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
             f"Content-Encoding {encoding} is not supported; send the body uncompressed",
             [("content-encoding", encoding)],
         )
-    declared = request.headers.get("content-length")
-    if declared is not None and not (declared.isascii() and declared.isdigit()):
-        raise BadRequest("Content-Length is not a number", [("content-length", "not a number")])
-    if declared is not None and int(declared) > limit:
-        raise PayloadTooLarge(
-            f"the body is {declared} bytes, the limit is {limit}",
-            [("body", f"larger than {limit} bytes")],
-        )
-    chunks, size = [], 0
-    try:
-        with anyio.fail_after(timeout):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLarge(
-                        f"the body is over {limit} bytes", [("body", f"larger than {limit} bytes")]
-                    )
-                chunks.append(chunk)
-    except TimeoutError:
-        raise RequestTimeout(
-            f"the body did not arrive within {timeout:g} s",
-            [("body", f"not received within {timeout:g} s")],
-        ) from None
-    return b"".join(chunks)
+    declared_length(request, limit)
+    return await read_limited(request, limit, timeout)
 
 
 @dataclass(frozen=True)
