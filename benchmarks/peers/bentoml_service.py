@@ -1,7 +1,7 @@
 """Peer 4 of the serving benchmark: BentoML serving the bundle's ONNX graph with onnxruntime.
 
 BentoML (https://github.com/bentoml/BentoML) runs in a virtual environment of its own
-(`benchmarks/.envs/bentoml`, made by `ensure_env` from PyPI at the pinned versions below), so that
+(`benchmarks/.envs/bentoml`, made by `ensure_env` (benchmarks/peers/envs.py) from PyPI at the pinned versions below), so that
 its dependencies stay out of the project's. The service is what BentoML's documentation shows: a
 `@bentoml.service` class that opens one onnxruntime session, and one `@bentoml.api` method whose
 parameters are the request's JSON fields (`context`, `candidates`) and whose answer is
@@ -18,36 +18,26 @@ pins every server to one CPU. Usage tracking is off (BENTOML_DO_NOT_TRACK, set b
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+from benchmarks.peers import envs
+
 ROOT = Path(__file__).resolve().parents[2]
-ENV = ROOT / "benchmarks" / ".envs" / "bentoml"
+
 PACKAGES = ["bentoml==1.4.40", "onnxruntime==1.31.1", "numpy==2.4.6", "xxhash==4.1.0"]
-
-
-def env_python() -> Path:
-    return ENV / "bin" / "python"
 
 
 def ensure_env() -> Path:
     """BentoML's interpreter, installing its environment from PyPI on first use."""
-    python = env_python()
-    marker = ENV / ".installed"
-    if marker.exists() and marker.read_text() == " ".join(PACKAGES):
-        return python
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(ENV)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "-q", *PACKAGES], check=True)
-    marker.write_text(" ".join(PACKAGES))
-    return python
+    return envs.ensure_env("bentoml", PACKAGES)
 
 
 def serve_command(port: int, host: str) -> list[str]:
     """`bentoml serve` of this module's service in BentoML's environment."""
     return [
-        str(env_python()), "-m", "bentoml", "serve", "benchmarks.peers.bentoml_service:AFM",
+        str(envs.python_of("bentoml")), "-m", "bentoml", "serve", "benchmarks.peers.bentoml_service:AFM",
         "--host", host, "--port", str(port),
     ]  # fmt: skip
 

@@ -1,8 +1,9 @@
 """Peer of the training benchmark: DeepCTR-Torch's AFM, run in its own environment.
 
 DeepCTR-Torch (https://github.com/shenweichen/DeepCTR-Torch) is the AFM most users find on PyPI. It
-runs in a virtual environment of its own (`benchmarks/.envs/deepctr`, made by `ensure_env`), because
-it must not bring its dependencies into the project's, and it imports `requests` without declaring it.
+runs in a virtual environment of its own (`benchmarks/.envs/deepctr`, benchmarks/peers/envs.py),
+because it must not bring its dependencies into the project's, and it imports `requests` without
+declaring it.
 
 The training benchmark starts this module in that environment as a child and takes turns with it:
 the child builds DeepCTR's AFM on frappe-shaped batches (10 sparse fields, 5,382 features split
@@ -15,33 +16,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from benchmarks.peers import envs
+
 ROOT = Path(__file__).resolve().parents[2]
-ENV = ROOT / "benchmarks" / ".envs" / "deepctr"
 PACKAGES = ["torch==2.13.0", "deepctr-torch==0.3.0", "requests==2.34.2"]
-# Local wheels first (the CPU torch wheel on these machines), then the configured indexes.
-WHEELS = Path(os.environ.get("WHEELS_DIR", "/opt/wheels"))
-
-
-def env_python() -> Path:
-    return ENV / "bin" / "python"
 
 
 def ensure_env() -> Path:
     """The peer's interpreter, installing its environment on first use."""
-    python = env_python()
-    marker = ENV / ".installed"
-    if marker.exists() and marker.read_text() == " ".join(PACKAGES):
-        return python
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(ENV)], check=True)
-    links = ["--find-links", str(WHEELS)] if WHEELS.is_dir() else []
-    subprocess.run([str(python), "-m", "pip", "install", "-q", *links, *PACKAGES], check=True)
-    marker.write_text(" ".join(PACKAGES))
-    return python
+    return envs.ensure_env("deepctr", PACKAGES)
 
 
 def main(argv: list[str] | None = None) -> None:
