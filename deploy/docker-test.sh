@@ -9,7 +9,9 @@
 #   6. the SIGTERM test: one replica stopped as compose stops it (docker stop) while clients keep
 #      the replicas saturated through nginx, then started again; no request may fail;
 #   7. the kill test: one replica killed under a steady stream of requests, none may fail;
-#   8. always tears the stack down (docker-compose down -v), also on failure or Ctrl-C.
+#   8. the `ddp` profile (deploy/ddp_check.sh): two trainer containers as torchrun nodes publish
+#      one bundle that the api replicas serve through nginx, under a project of its own;
+#   9. always tears the stack down (docker-compose down -v), also on failure or Ctrl-C.
 #
 # Settings (environment): AFM_HTTP_PORT (8080), COMPOSE_PROJECT_NAME (afmtest), AFM_API_REPLICAS (2),
 # AFM_TRAIN_ARGS (the synthetic demo, 2 epochs), AFM_DATA_DIR (an empty temporary folder),
@@ -176,4 +178,4 @@ timeout 300 "$PY" deploy/kill_replica_check.py --url "$URL" --kill "docker kill 
   --requests "${KILL_REQUESTS:-400}" --rate "${KILL_RATE:-40}" --concurrency 4 || die "kill test"
 
 timeout 1500 bash deploy/ddp_check.sh || die "two trainer containers as torchrun nodes (deploy/ddp_check.sh)"
-log "PASS: images built, stack healthy, requests served by $REPLICAS replicas through nginx, no request lost to a stopped or a killed replica"
+log "PASS: images built, stack healthy, requests served by $REPLICAS replicas through nginx, no request lost to a stopped or a killed replica, a bundle trained by two torchrun nodes served"
