@@ -177,5 +177,12 @@ log "kill test: docker kill ${victim:0:12} (X-Served-By $victim_host) under a st
 timeout 300 "$PY" deploy/kill_replica_check.py --url "$URL" --kill "docker kill $victim" --victim "$victim_host" \
   --requests "${KILL_REQUESTS:-400}" --rate "${KILL_RATE:-40}" --concurrency 4 || die "kill test"
 
+# ---------------------------------------------------------------------------------- 8. ddp
+# The one-node stack goes first (unless kept): under vfs each container holds a copy of its
+# image, and the ddp check starts three more of the 2 GB train image.
+if [[ ${KEEP_STACK:-0} != 1 ]]; then
+  log "the one-node stack down before the ddp check"
+  timeout 120 "${COMPOSE_CMD[@]}" down -v --remove-orphans --timeout 5 >/dev/null 2>&1 || log "down -v failed"
+fi
 timeout 1500 bash deploy/ddp_check.sh || die "two trainer containers as torchrun nodes (deploy/ddp_check.sh)"
 log "PASS: images built, stack healthy, requests served by $REPLICAS replicas through nginx, no request lost to a stopped or a killed replica, a bundle trained by two torchrun nodes served"
