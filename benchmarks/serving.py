@@ -719,12 +719,8 @@ def batching_scenario(
     return "\n".join(lines) + "\n"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.serving",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def add_bundle_options(parser: argparse.ArgumentParser) -> None:
+    """--bundle and --models-dir, which `find_bundle` takes (this benchmark and the traffic one)."""
     parser.add_argument(
         "--bundle", type=Path, help="a bundle folder to use instead of building one"
     )
@@ -732,6 +728,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--models-dir", type=Path, default=MODELS,
         help=f"where the bundle is built and looked for (default {MODELS.relative_to(ROOT)})",
     )  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.serving",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_bundle_options(parser)
     parser.add_argument(
         "--rebuild", action="store_true", help="train the bundle even if one is there"
     )

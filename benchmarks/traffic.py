@@ -58,11 +58,11 @@ import orjson
 
 from benchmarks.serving import (
     CLIENT_CPU,
-    MODELS,
     RESULTS,
     ROOT,
     Server,
     _run,
+    add_bundle_options,
     can_pin,
     cpu_model,
     find_bundle,
@@ -832,13 +832,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--bundle", type=Path, help="a bundle folder to use instead of building one"
-    )
-    parser.add_argument(
-        "--models-dir", type=Path, default=MODELS,
-        help=f"where the bundle is built and looked for (default {MODELS.relative_to(ROOT)})",
-    )  # fmt: skip
+    add_bundle_options(parser)
     parser.add_argument(
         "--quick", action="store_true",
         help="a smoke run of a few seconds a scenario (300 requests, 2 s phases, 4 s soak)",
