@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from training import commands, recipes
-from training.commands import DataOptions, TrainOptions
+from training.commands import DEFAULT_WEIGHT_DECAY, DataOptions, TrainOptions
 
 # --quick: a tiny run that exercises every step; options given explicitly still win
 QUICK = {"max_rows": 2000, "epochs": 1, "embedding_dim": 8, "attention_dim": 8}
@@ -255,7 +255,8 @@ def add_train_options(train: argparse.ArgumentParser, starts: bool = True) -> No
     )  # fmt: skip
     train.add_argument(
         "--weight-decay", type=non_negative_float, default=default.weight_decay,
-        help="L2 on every parameter (optimizer weight decay)",
+        help=f"L2 on every parameter (optimizer weight decay; default {DEFAULT_WEIGHT_DECAY:g},"
+        " 0 with --sparse-embeddings)",
     )  # fmt: skip
     train.add_argument(
         "--batch-norm", action="store_true",

@@ -30,6 +30,9 @@ Split = Literal["train", "validation", "test", "all"]
 # the batch size when --batch-size is not given: at least MIN_STEPS steps per epoch where the
 # training rows allow, never more than MAX_BATCH rows, never fewer than MIN_BATCH
 MIN_STEPS, MIN_BATCH, MAX_BATCH = 20, 16, 1024
+# L2 on every parameter unless --weight-decay says otherwise: without it a team's log with many
+# users and items overfits their pairs within a few epochs (docs/experiments/own-data.md)
+DEFAULT_WEIGHT_DECAY = 1e-4
 
 
 @dataclass(frozen=True)
@@ -70,10 +73,10 @@ class TrainOptions:
     dropout: float = 0.3
     l2_attention: float = 0.0
     attention_lr: float | None = None  # None: lr
-    weight_decay: float = 0.0
+    weight_decay: float | None = None  # None: DEFAULT_WEIGHT_DECAY, or 0 with sparse_embeddings
     batch_norm: bool = False  # FM only; folded into v, p and w0 after training
     optimizer: Literal["adam", "adagrad"] = "adam"
-    lr: float = 1e-3
+    lr: float = 5e-3
     batch_size: int | None = None  # None: auto_batch_size of the training rows
     epochs: int = 20
     patience: int = 3
@@ -92,6 +95,13 @@ class TrainOptions:
     shuffle_rows: int = 100_000  # --stream: rows of the shuffle buffer
     resume: bool = False  # go on from the run's last checkpoint (training.checkpoint)
     interrupt_after: int | None = None  # tests: stop after this epoch's checkpoint, unpublished
+
+    def resolved_weight_decay(self) -> float:
+        """`weight_decay` as given, else DEFAULT_WEIGHT_DECAY; 0 with sparse embeddings, whose
+        optimizers (SparseAdam, sparse Adagrad) take none."""
+        if self.weight_decay is not None:
+            return self.weight_decay
+        return 0.0 if self.sparse_embeddings else DEFAULT_WEIGHT_DECAY
 
 
 def split_plan(data: DataOptions) -> SplitPlan:
@@ -274,6 +284,11 @@ def train(options: TrainOptions) -> Path:
     from training.checkpoint import ResumeError
 
     require_device(options.device)
+    if options.sparse_embeddings and options.resolved_weight_decay():
+        sys.exit(
+            f"--weight-decay {options.weight_decay:g} with --sparse-embeddings: SparseAdam and"
+            " sparse Adagrad take no weight decay (leave it out, or give 0)"
+        )
     if options.threads:
         torch.set_num_threads(options.threads)
     world, device = distributed.start(options.device)
@@ -610,7 +625,7 @@ def train_config(
     return TrainConfig(
         task=data.task, epochs=options.epochs, batch_size=batch_size, lr=options.lr,
         optimizer=options.optimizer, l2_attention=options.l2_attention,
-        attention_lr=options.attention_lr, weight_decay=options.weight_decay,
+        attention_lr=options.attention_lr, weight_decay=options.resolved_weight_decay(),
         patience=options.patience, lr_decay=options.lr_decay,
         lr_decay_patience=options.lr_decay_patience, seed=data.seed, device=options.device,
         label_range=label_range, sparse_embeddings=options.sparse_embeddings,

@@ -35,7 +35,7 @@ LEARNING_RATES = (1e-4, 3e-2)  # log scale
 SIZES = (8, 16, 32, 64, 128)  # embedding_dim k and attention_dim t
 DROPOUT = (0.0, 0.6)
 L2_ATTENTION = (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)  # AFM only: lambda on ||W||^2
-WEIGHT_DECAY = (0.0, 1e-7, 1e-6, 1e-5)
+WEIGHT_DECAY = (0.0, 1e-6, 1e-5, 1e-4, 3e-4)
 # batch sizes: powers of two from a quarter to four times the given (or automatic) one, each
 # with at least this many steps per epoch
 MIN_STEPS_PER_EPOCH = 4
@@ -74,10 +74,11 @@ def suggest(trial: optuna.Trial, given: TrainOptions, batch_choices: list[int]) 
             "embedding_dim", with_given(SIZES, given.embedding_dim)
         ),
         "dropout": trial.suggest_float("dropout", DROPOUT[0], max(DROPOUT[1], given.dropout)),
-        "weight_decay": trial.suggest_categorical(
-            "weight_decay", with_given(WEIGHT_DECAY, given.weight_decay)
-        ),
     }
+    if not given.sparse_embeddings:  # their optimizers take no weight decay
+        settings["weight_decay"] = trial.suggest_categorical(
+            "weight_decay", with_given(WEIGHT_DECAY, given.resolved_weight_decay())
+        )
     if given.model == "afm":
         settings["attention_dim"] = trial.suggest_categorical(
             "attention_dim", with_given(SIZES, given.attention_dim)
@@ -91,8 +92,11 @@ def suggest(trial: optuna.Trial, given: TrainOptions, batch_choices: list[int]) 
 def given_params(given: TrainOptions, batch_size: int) -> dict[str, Any]:
     """Trial 0's settings: the options as given, with the batch size `train` would use."""
     values = {name: getattr(given, name) for name in SEARCHED} | {"batch_size": batch_size}
+    values["weight_decay"] = given.resolved_weight_decay()
     if given.model != "afm":
         del values["attention_dim"], values["l2_attention"]
+    if given.sparse_embeddings:
+        del values["weight_decay"]
     return values
 
 

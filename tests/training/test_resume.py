@@ -73,7 +73,7 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as refused:
         run(*IN_MEMORY, "--out", str(tmp_path), "--resume", "--lr", "0.01")
     message = str(refused.value)
-    assert "--resume" in message and "lr: 0.001 -> 0.01" in message
+    assert "--resume" in message and "lr: 0.005 -> 0.01" in message
     assert not (tmp_path / "resumed").exists()
 
 

@@ -78,8 +78,8 @@ def test_tune_publishes_its_best_trial_with_every_trial_and_trial_0_is_train_s_m
     # trial 0 is the settings as given, trained as `train` trains them
     given = tuning.trials[tuning.defaults_trial]
     assert given.number == 0 and given.state == "complete" and given.epochs == 3
-    assert given.params == {"lr": 0.001, "batch_size": 24, "embedding_dim": 8, "dropout": 0.3,
-                            "weight_decay": 0.0, "attention_dim": 8, "l2_attention": 0.0}  # fmt: skip
+    assert given.params == {"lr": 0.005, "batch_size": 24, "embedding_dim": 8, "dropout": 0.3,
+                            "weight_decay": 1e-4, "attention_dim": 8, "l2_attention": 0.0}  # fmt: skip
     trained = manifest_of(train_tiny(tmp_path, *TINY, "--name", "plain"))
     assert trained.metrics is not None and given.value == trained.metrics.validation["auc"]
 
