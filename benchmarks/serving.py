@@ -10,9 +10,12 @@ to CPU 1:
 * the service's request path without HTTP (a diagnostic): parse + validate + encode + predict +
   serialise a request body in-process, to split the gap between HTTP and the rest;
 * the service (ours): `python -m service` under `taskset -c 0`, AFM_INTRA_OP_THREADS=1, access log
-  off; one worker, and two worker processes (`--workers 2`) sharing CPU 0, to see what the
-  supervisor and the shared metrics cost and whether each worker takes a fair share of the
-  requests (on two CPUs with the load on one, two workers cannot run faster than one);
+  off, AFM_MAX_EXPECTED_WAIT_MS=0 (this measures capacity: with the admission's wait bound, wrk's
+  closed loop would send each refused request again at once and measure the refusals; the
+  overload benchmark, benchmarks/traffic.py, measures the bound); one worker, and two worker
+  processes (`--workers 2`) sharing CPU 0, to see what the supervisor and the shared metrics
+  cost and whether each worker takes a fair share of the requests (on two CPUs with the load on
+  one, two workers cannot run faster than one);
 * the tutorial service (peer 2): benchmarks/peers/tutorial_service.py (FastAPI, a pydantic object
   per candidate, PyTorch eager) under the same pinning and load;
 * a lean hand-written FastAPI + onnxruntime service (peer 3): benchmarks/peers/lean_fastapi.py (one
@@ -302,9 +305,11 @@ def service_server(bundle_dir: Path, pin: bool, log: Path, workers: int = 1) -> 
             "--log-level", "warning",
         ),
     ]  # fmt: skip
+    # capacity, not overload policy: without the wait bound, as wrk's closed loop sends each
+    # refused request again at once and would measure a storm of 503s
     env = {
         "AFM_INTRA_OP_THREADS": "1", "AFM_ACCESS_LOG": "false", "AFM_MAX_CANDIDATES": "1000",
-        "AFM_WORKERS": str(workers),
+        "AFM_WORKERS": str(workers), "AFM_MAX_EXPECTED_WAIT_MS": "0",
     }  # fmt: skip
     name = "service" if workers == 1 else f"service, {workers} workers"
     return Server(name, command, env, port, log, workers=workers)

@@ -1,22 +1,26 @@
-"""Admission control: a bounded number of inference requests in flight and queued, each with a
-deadline, and a bounded number of them scored at once in worker threads.
+"""Admission control: a bounded wait for inference requests, a bounded number in flight and
+queued, each with a deadline, and a bounded number of them scored at once in worker threads.
 
-A request takes a place when one is free, waits for one while fewer than `max_queued` wait, and
-is refused at once (503 `overloaded`) otherwise. A request still waiting at its deadline, or
-whose deadline passed while its body arrived, is refused instead of computed. The gate is an ASGI
-middleware, so a refusal costs no routing and no body; the probes, `/model` and `/metrics` never
-pass through it. Requests scored in a worker thread take one of `worker_threads` more: the others
-wait without a thread, so that they do not take the CPU and the GIL from the event loop, which
-answers the probes and the refusals.
+A request is refused at once (503 `overloaded`) when the requests ahead of it (in flight and
+queued) would keep it waiting longer than `wait_budget_seconds`: its wait is estimated as their
+number times the measured time per request, the time between recent completions while requests
+were ready to compute. That bound follows the size of the requests and the speed of the machine:
+a few large requests fill it, many small ones do not. Past that, a request takes a place when one
+is free, waits for one while fewer than `max_queued` wait, and is refused at once otherwise. A
+request still waiting at its deadline, or whose deadline passed while its body arrived, is
+refused instead of computed. The gate is an ASGI middleware, so a refusal costs no routing and
+no body; the probes, `/model` and `/metrics` never pass through it. Requests scored in a worker
+thread take one of `worker_threads` more: the others wait without a thread, so that they do not
+take the CPU and the GIL from the event loop, which answers the probes and the refusals.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from time import monotonic
 from typing import TypeVar
 
 import anyio
@@ -29,20 +33,27 @@ from service.responses import OrjsonResponse
 
 GATED = (("POST", "/predict"), ("GET", "/explain"))
 TICKET = "afm.ticket"
+SMOOTHING = 0.1
+"""Weight of the newest completion in the running mean of the time per request."""
 T = TypeVar("T")
 
 
 @dataclass
 class Ticket:
-    """A place held by one request, until `deadline` (a `time.monotonic()` instant)."""
+    """A place held by one request, until `deadline` (a `monotonic()` instant)."""
 
     deadline: float
     gate: Admission
+    ready: float | None = None
+    """When its body had arrived and it could be computed (None: not yet, or never)."""
 
     def check(self) -> None:
-        """Refuse the request (503) when its deadline has passed, before it is computed."""
-        if time.monotonic() > self.deadline:
+        """Refuse the request (503) when its deadline has passed, before it is computed; else
+        mark it ready to compute."""
+        now = monotonic()
+        if now > self.deadline:
             raise self.gate.expired()
+        self.ready = now
 
     async def in_thread(self, call: Callable[[], T]) -> T:
         """`call()` in a worker thread, once one of the gate's `worker_threads` is free."""
@@ -59,14 +70,19 @@ class Admission:
         deadline_seconds: float,
         metrics: ServiceMetrics,
         worker_threads: int = 1,
+        wait_budget_seconds: float = 0.0,
     ) -> None:
         self.max_in_flight = max_in_flight
         self.max_queued = max_queued
         self.deadline_seconds = deadline_seconds
         self.metrics = metrics
         self.worker_threads = worker_threads
+        self.wait_budget_seconds = wait_budget_seconds
         self.in_flight = 0
         self.queued = 0
+        self.seconds_per_request = 0.0
+        """Running mean of the time between completions of requests ready to compute."""
+        self._last_done = 0.0
         self._places: asyncio.Semaphore | None = None
         self._threads: anyio.CapacityLimiter | None = None
         metrics.watch_admission(lambda: self.in_flight, lambda: self.queued)
@@ -78,12 +94,14 @@ class Admission:
         try:
             yield ticket
         finally:
-            self.leave()
+            self.leave(ticket)
 
     async def enter(self) -> Ticket:
         """Take a place, waiting for one if the queue has room; Overloaded when none is free in
         time. Every ticket returned is given back with `leave()`."""
-        ticket = Ticket(time.monotonic() + self.deadline_seconds, self)
+        if self.wait_budget_seconds and self.expected_wait() > self.wait_budget_seconds:
+            raise self._refused(f"expected wait over {self.wait_budget_seconds * 1e3:g} ms")
+        ticket = Ticket(monotonic() + self.deadline_seconds, self)
         places = self._places
         if places is None:
             places = self._places = asyncio.Semaphore(self.max_in_flight)
@@ -102,25 +120,39 @@ class Admission:
             threads = self._threads = anyio.CapacityLimiter(self.worker_threads)
         return await anyio.to_thread.run_sync(call, limiter=threads)
 
-    def leave(self) -> None:
+    def expected_wait(self) -> float:
+        """Seconds a request arriving now is expected to wait for the requests ahead of it."""
+        return (self.in_flight + self.queued) * self.seconds_per_request
+
+    def leave(self, ticket: Ticket) -> None:
+        """Give back `ticket`'s place; a request that was computed also updates the time per
+        request (from when it was ready, or from the completion before when that came later)."""
         self.in_flight -= 1
         assert self._places is not None
         self._places.release()
+        if ticket.ready is not None:
+            now = monotonic()
+            took = now - max(ticket.ready, self._last_done)
+            if self._last_done:
+                self.seconds_per_request += SMOOTHING * (took - self.seconds_per_request)
+            else:
+                self.seconds_per_request = took
+            self._last_done = now
 
     async def _wait(self, places: asyncio.Semaphore, ticket: Ticket) -> None:
         if self.queued >= self.max_queued:
-            self.metrics.admission.labels("rejected").inc()
-            raise Overloaded(
-                "the server is at capacity; try again",
-                [("request", f"{self.max_in_flight} in flight and {self.max_queued} queued")],
-            )
+            raise self._refused(f"{self.max_in_flight} in flight and {self.max_queued} queued")
         self.queued += 1
         try:
-            await asyncio.wait_for(places.acquire(), ticket.deadline - time.monotonic())
+            await asyncio.wait_for(places.acquire(), ticket.deadline - monotonic())
         except TimeoutError:
             raise self.expired() from None
         finally:
             self.queued -= 1
+
+    def _refused(self, why: str) -> Overloaded:
+        self.metrics.admission.labels("rejected").inc()
+        return Overloaded("the server is at capacity; try again", [("request", why)])
 
     def expired(self) -> Overloaded:
         """The refusal of a request whose deadline passed before it was computed, counted."""
@@ -163,4 +195,4 @@ class AdmissionGate:
         try:
             await self.app(scope, receive, send)
         finally:
-            self.admission.leave()
+            self.admission.leave(ticket)

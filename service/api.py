@@ -157,6 +157,8 @@ async def predict(request: Request) -> Response:
 async def explain(request: Request) -> Response:
     """One row as query parameters `field=value`; every pair, sorted by |contribution|."""
     model: ServedModel = request.app.state.runtime.model
+    ticket: Ticket = request.scope[TICKET]
+    ticket.check()
     query = request.query_params
     top_k = parse_top_k(query.get("top_k"))
     row = model.schemas.parse_explain_query(query.multi_items(), top_k)
@@ -340,6 +342,7 @@ def create_app(
         settings.request_deadline_seconds,
         metrics,
         settings.inference_thread_limit(),
+        settings.max_expected_wait_ms / 1e3,
     )
     app.state.admission = admission
     app.state.drain = Drain()

@@ -84,13 +84,20 @@ class Settings(BaseSettings):
     default_top_k: Annotated[int, Field(ge=1)] = 5
     """Pairs per row in `/predict` explanations when the request gives no `top_k`."""
 
-    threadpool_min_rows: Annotated[int, Field(ge=0)] = 64
-    """Requests of at least this many rows run onnxruntime in a worker thread, off the loop."""
+    threadpool_min_rows: Annotated[int, Field(ge=0)] = 128
+    """Requests of at least this many rows are scored in a worker thread, off the event loop;
+    smaller ones on the loop (or, with `batching`, merged in one call), where the hand-off to a
+    thread would cost more than it frees and scoring holds the loop a few milliseconds at most."""
 
     inference_threads: Annotated[int, Field(ge=0)] = 0
     """Most of those requests scored at once in worker threads of one worker process; the rest
     wait without a thread (0: the usable cores shared among `workers`, divided by
     `intra_op_threads`, at least 1)."""
+
+    gil_switch_interval_ms: Annotated[float, Field(gt=0, le=100)] = 1.0
+    """How long a thread scoring in Python may hold the GIL while the event loop waits for it
+    (`sys.setswitchinterval`; Python's own default is 5): the loop answers refusals and probes
+    between its turns."""
 
     batching: bool = True
     """Score concurrent `/predict` requests of fewer rows than `threadpool_min_rows` together, in
@@ -112,6 +119,15 @@ class Settings(BaseSettings):
 
     split_cache_entries: Annotated[int, Field(ge=0)] = 64
     """Most ways of splitting the fields between context and candidates kept across requests."""
+
+    max_expected_wait_ms: Annotated[float, Field(ge=0)] = 0.0
+    """Longest a `/predict` or `/explain` request may expect to wait for the requests ahead of it
+    (in flight and queued, each counted at the measured time per recent request); a request that
+    would wait longer is a 503 `overloaded` at once, with `Retry-After` (0: no such bound, only
+    `max_in_flight` and `max_queued`). About three times the service time of the largest
+    requests keeps the latency of admitted requests under overload near their latency at half
+    load; off by default, as a closed loop of more clients than that (a load test, a drain check
+    behind a proxy) is then refused rather than queued."""
 
     max_in_flight: Annotated[int, Field(ge=1)] = 32
     """Most `/predict` and `/explain` requests handled at once; more wait in the queue."""

@@ -35,6 +35,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -69,6 +70,7 @@ starting on a busy machine takes seconds to import its libraries before it can a
 def build_server(settings: Settings, group: WorkerGroup | None = None) -> uvicorn.Server:
     """The app and its draining uvicorn server, as one process (or one worker) runs them."""
     configure_logging(settings.log_level)
+    sys.setswitchinterval(settings.gil_switch_interval_ms / 1e3)
     app = create_app(settings, workers=group)
     config = uvicorn.Config(
         app,

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 
 import pytest
 
+from service import admission
 from service.admission import Admission
 from service.errors import Overloaded
 from service.metrics import ServiceMetrics
 from service.settings import Settings, usable_cores
+from service.workers import build_server
 
 
 def count(metrics: ServiceMetrics, result: str) -> float:
@@ -135,3 +138,94 @@ def test_the_default_thread_bound_is_a_worker_processes_share_of_the_cores() -> 
     assert Settings(workers=cores, intra_op_threads=1).inference_thread_limit() == 1
     assert Settings(workers=1, intra_op_threads=cores + 1).inference_thread_limit() == 1
     assert Settings(workers=4, inference_threads=3).inference_thread_limit() == 3
+
+
+class Clock:
+    """`time.monotonic` for the gate, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(admission, "monotonic", fake)
+    return fake
+
+
+def test_a_request_whose_expected_wait_is_over_the_budget_is_refused_at_once(clock: Clock) -> None:
+    metrics = ServiceMetrics()
+    gate = Admission(
+        max_in_flight=8, max_queued=8, deadline_seconds=60, metrics=metrics,
+        wait_budget_seconds=0.05,
+    )  # fmt: skip
+
+    async def run() -> None:
+        assert gate.expected_wait() == 0.0
+        async with gate.admit() as ticket:  # computed in 40 ms: the time per request
+            ticket.check()
+            clock.now += 0.04
+        assert gate.seconds_per_request == pytest.approx(0.04)
+        async with gate.admit():  # one ahead: 40 ms expected, within 50 ms
+            assert gate.expected_wait() == pytest.approx(0.04)
+            async with gate.admit():  # two ahead: 80 ms expected
+                with pytest.raises(Overloaded, match="at capacity") as refusal:
+                    async with gate.admit():
+                        raise AssertionError("a request over the wait budget must not run")
+                assert "expected wait over 50 ms" in str(refusal.value.body())
+
+    asyncio.run(run())
+    assert gate.in_flight == gate.queued == 0
+    assert (count(metrics, "admitted"), count(metrics, "rejected")) == (3, 1)
+
+
+def test_the_time_per_request_follows_completions_not_waits_for_bodies(clock: Clock) -> None:
+    gate = Admission(max_in_flight=8, max_queued=8, deadline_seconds=60, metrics=ServiceMetrics())
+
+    async def run() -> None:
+        async with gate.admit():
+            clock.now += 5.0  # a body that never arrives: no measure of the work
+        assert gate.seconds_per_request == 0.0
+        async with gate.admit() as first, gate.admit() as second:
+            first.check()
+            second.check()
+            clock.now += 0.02  # the second completes 20 ms after both were ready
+        # the first completes at the same instant: it counts from the completion before it
+        assert gate.seconds_per_request == pytest.approx(0.02 * (1 - admission.SMOOTHING))
+        async with gate.admit() as third:
+            clock.now += 1.0  # idle: not counted
+            third.check()
+            clock.now += 0.02
+        expected = 0.02 * (1 - admission.SMOOTHING)
+        expected += admission.SMOOTHING * (0.02 - expected)
+        assert gate.seconds_per_request == pytest.approx(expected)
+
+    asyncio.run(run())
+
+
+def test_without_a_wait_budget_only_the_counts_bound_the_queue() -> None:
+    gate = Admission(max_in_flight=1, max_queued=1, deadline_seconds=60, metrics=ServiceMetrics())
+    gate.seconds_per_request = 10.0
+
+    async def run() -> None:
+        async with gate.admit():
+            assert gate.expected_wait() == 10.0
+            waiting = asyncio.create_task(gate.enter())
+            await asyncio.sleep(0)
+            assert gate.queued == 1
+        gate.leave(await waiting)
+
+    asyncio.run(run())
+
+
+def test_a_server_sets_the_gil_switch_interval_it_is_given() -> None:
+    before = sys.getswitchinterval()
+    try:
+        build_server(Settings(gil_switch_interval_ms=0.5, workers=1))
+        assert sys.getswitchinterval() == pytest.approx(0.0005)
+    finally:
+        sys.setswitchinterval(before)

@@ -20,6 +20,7 @@ ROWS = 1000
 LIMITED_ENV = {
     "AFM_MAX_IN_FLIGHT": "1",
     "AFM_MAX_QUEUED": "0",
+    "AFM_MAX_EXPECTED_WAIT_MS": "0",
     "AFM_MAX_CANDIDATES": str(ROWS),
     "AFM_MAX_BODY_BYTES": str(1 << 20),
     "AFM_MAX_HEADER_BYTES": "4096",
@@ -91,6 +92,33 @@ def test_requests_beyond_the_limit_get_a_fast_503_while_healthz_answers(limited:
     rejected = metric(limited.url, 'afm_admission_total{result="rejected"}') - rejected_before
     assert rejected == statuses.count(503)
     assert metric(limited.url, 'afm_admission_total{result="admitted"}') >= statuses.count(200)
+
+
+def test_requests_expected_to_wait_past_the_budget_get_a_503_and_one_alone_is_served(
+    models_dir: Path, tmp_path: Path
+) -> None:
+    env = {
+        **LIMITED_ENV,
+        "AFM_MAX_IN_FLIGHT": "32",
+        "AFM_MAX_QUEUED": "128",
+        "AFM_MAX_EXPECTED_WAIT_MS": "1",
+    }
+    server = start_server(models_dir, tmp_path, **env)
+    try:
+        alone = httpx.post(f"{server.url}/predict", json=slow_body(), timeout=60)
+        assert alone.status_code == 200  # measures the time per request: far over 1 ms
+        responses, probes = asyncio.run(burst(server.url, 12))
+        refused = [r for r in responses if r.status_code == 503]
+        assert refused and {r.status_code for r in responses} == {200, 503}
+        for response in refused:
+            assert_overloaded(response)
+            assert response.json()["error"]["details"][0]["problem"] == ("expected wait over 1 ms")
+        assert metric(server.url, 'afm_admission_total{result="rejected"}') == len(refused)
+        assert [p.status_code for p in probes] == [200, 200, 200]
+        after = httpx.post(f"{server.url}/predict", json=slow_body(), timeout=60)
+        assert after.status_code == 200  # nothing ahead of it: no wait to refuse it for
+    finally:
+        stop_server(server)
 
 
 def test_queued_requests_past_their_deadline_are_dropped_not_computed(
