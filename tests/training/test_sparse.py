@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from training.model import AFM, AFMConfig, PairLogits
-from training.trainer import SparseAndDense, TrainConfig, make_optimizer
+from training.trainer import RowwiseSparseAdam, SparseAndDense, TrainConfig, make_optimizer
 
 FIELDS, FEATURES = 6, 500
 
@@ -107,6 +107,55 @@ def test_sparse_adam_moves_only_the_rows_a_batch_uses() -> None:
                 earlier = moved[:100].any()
                 assert bool(earlier) is not on  # dense: the first batch's rows move on
             assert moved[used].all() and not moved[~used & (torch.arange(FEATURES) >= 200)].any()
+
+
+@pytest.mark.parametrize("maximize", [False, True])
+def test_rowwise_sparse_adam_steps_as_torchs_sparse_adam_bit_for_bit(maximize: bool) -> None:
+    """Repeated rows in a batch, rows of one batch and not the next, a step with no rows, and a
+    rate lowered between steps; the state dicts load into each other."""
+    torch.manual_seed(0)
+    tables = [torch.nn.Embedding(300, 4, sparse=True) for _ in range(2)]
+    tables[1].load_state_dict(tables[0].state_dict())
+    optimizers = [
+        torch.optim.SparseAdam(tables[0].parameters(), lr=0.05, maximize=maximize),
+        RowwiseSparseAdam(tables[1].parameters(), lr=0.05, maximize=maximize),
+    ]
+    generator = torch.Generator().manual_seed(1)
+    for number in range(6):
+        rows = torch.randint(0, 150 * (1 + number % 2), (40, 5), generator=generator)
+        rows[:, 0] = 7  # one row many times in a batch
+        weight = torch.randn(40, 5, 4, generator=generator)
+        for table, optimizer in zip(tables, optimizers, strict=True):
+            if number == 3:
+                for group in optimizer.param_groups:
+                    group["lr"] = 0.01
+            optimizer.zero_grad()
+            used = rows[:0] if number == 4 else rows  # a step with no rows
+            (table(used) * weight[: len(used)]).sum().backward()
+            optimizer.step()
+        assert torch.equal(tables[0].weight, tables[1].weight), number
+    ours, torchs = optimizers[1].state_dict(), optimizers[0].state_dict()
+    for key in ("step", "exp_avg", "exp_avg_sq"):
+        assert torch.equal(
+            torch.as_tensor(ours["state"][0][key]), torch.as_tensor(torchs["state"][0][key])
+        )
+    optimizers[0].load_state_dict(ours)
+    assert optimizers[0].state[tables[0].weight]["step"] == 6
+
+
+def test_rowwise_sparse_adam_refuses_a_dense_gradient() -> None:
+    parameter = torch.nn.Parameter(torch.zeros(3, 2))
+    RowwiseSparseAdam([parameter]).step()  # no gradient yet: nothing moves
+    assert not parameter.detach().any()
+    parameter.grad = torch.ones(3, 2)
+    with pytest.raises(RuntimeError, match="sparse gradients only"):
+        RowwiseSparseAdam([parameter]).step()
+
+
+def test_sparse_embeddings_train_with_the_rowwise_sparse_adam() -> None:
+    optimizer = make_optimizer(twin_models(attention=False)[1], TrainConfig(sparse_embeddings=True))
+    assert isinstance(optimizer, SparseAndDense)
+    assert isinstance(optimizer.tables, RowwiseSparseAdam)
 
 
 def test_a_scheduler_lowers_both_optimizers_rates() -> None:

@@ -80,6 +80,12 @@ if TYPE_CHECKING:
 SplitName = Literal["train", "validation", "test"]
 SPLITS: tuple[SplitName, ...] = ("train", "validation", "test")
 READ_ROWS = 65_536  # rows per record batch read: memory grows with it, not with the data
+# Record batches pyarrow decodes ahead of the one in use, and whether it buffers a file's column
+# chunks ahead of decoding them (pre_buffer, meant for object stores). Its defaults (16 batches,
+# 4 files, buffered) held 514 MB of arrow memory reading a 1.25M-row criteo-like file; one batch
+# ahead, unbuffered, 109 MB (docs/experiments/streaming.md).
+READ_AHEAD = 1
+PRE_BUFFER = False
 SHUFFLE_ROWS = 100_000  # the shuffle buffer's rows by default (about 47 MB at 39 fields)
 RESERVOIR = 100_000  # values sampled per bucket field for its quantile cuts
 HASH_EXAMPLE_ROWS = 1_000_000  # training rows whose counts pick a hashed field's examples
@@ -217,7 +223,12 @@ class StreamSource:
                 fragment = fragment.subset(row_group_ids=[piece.row_group])
             first = piece.first_row
             try:
-                batches = fragment.to_batches(columns=list(self.wanted), batch_size=self.read_rows)
+                batches = fragment.to_batches(
+                    columns=list(self.wanted), batch_size=self.read_rows,
+                    batch_readahead=READ_AHEAD, fragment_readahead=0,
+                    fragment_scan_options=ds.ParquetFragmentScanOptions(pre_buffer=PRE_BUFFER)
+                    if self.parquet else None,
+                )  # fmt: skip
                 for batch in batches:
                     if batch.num_rows == 0:
                         continue
