@@ -310,3 +310,16 @@ def test_parquet_is_read_one_batch_ahead_without_buffering_the_file(
         assert options["fragment_readahead"] == 0
         scan = options["fragment_scan_options"]
         assert isinstance(scan, ds.ParquetFragmentScanOptions) and scan.pre_buffer is False
+
+
+def test_reading_one_split_yields_its_rows_alone_in_order(data: Path) -> None:
+    source = source_of(data, read_rows=256)
+    for split in range(3):
+        whole = [
+            i for b in source.read() for i in b.columns["id"][b.split == split].tolist()
+        ]  # fmt: skip
+        batches = list(source.read(split=split))
+        assert all((b.split == split).all() for b in batches)
+        assert [i for b in batches for i in b.columns["id"].tolist()] == whole
+        labels = np.concatenate([b.label for b in batches])
+        assert len(labels) == len(whole) == source.count_rows()[stream.SPLITS[split]]

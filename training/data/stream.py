@@ -79,7 +79,11 @@ if TYPE_CHECKING:
 
 SplitName = Literal["train", "validation", "test"]
 SPLITS: tuple[SplitName, ...] = ("train", "validation", "test")
-READ_ROWS = 65_536  # rows per record batch read: memory grows with it, not with the data
+# Rows per record batch read: memory grows with it, not with the data. Each batch's text columns
+# pass through Python strings and numpy arrays the process does not hand back at once: reading
+# 600k criteo-like rows held 730 MB at 65,536 rows a batch and 476 MB at 16,384
+# (docs/experiments/streaming.md).
+READ_ROWS = 16_384
 # Record batches pyarrow decodes ahead of the one in use, and whether it buffers a file's column
 # chunks ahead of decoding them (pre_buffer, meant for object stores). Its defaults (16 batches,
 # 4 files, buffered) held 514 MB of arrow memory reading a 1.25M-row criteo-like file; one batch
@@ -212,8 +216,12 @@ class StreamSource:
         )
         return ds.dataset(path, format=csv_format)
 
-    def read(self, pieces: list[Piece] | None = None) -> Iterator[RawBatch]:
-        """The pieces' rows (default: this shard's, in order) a record batch at a time."""
+    def read(
+        self, pieces: list[Piece] | None = None, split: int | None = None
+    ) -> Iterator[RawBatch]:
+        """The pieces' rows (default: this shard's, in order) a record batch at a time; with
+        `split` (0 train, 1 validation, 2 test) only that split's rows, dropped in arrow before
+        their text is converted (a validation pass over 10% of the rows converts 10% of them)."""
         fields = [(f.name, f.kind) for f in self.spec.fields]
         role = "numeric field in --fields"
         for piece in self.pieces() if pieces is None else pieces:
@@ -232,14 +240,21 @@ class StreamSource:
                 for batch in batches:
                     if batch.num_rows == 0:
                         continue
+                    splits = row_splits(
+                        piece.path, first, batch.num_rows, self.seed, self.fractions
+                    )
+                    first += batch.num_rows
+                    if split is not None:
+                        kept = splits == split
+                        if not kept.any():
+                            continue
+                        batch, splits = batch.filter(pa.array(kept)), splits[kept]
                     columns = raw_columns(piece.path, fields, batch, role)
                     label = label_values(
                         piece.path, self.spec.label, batch.column(self.spec.label), self.task,
                         self.positive_label,
                     )  # fmt: skip
-                    split = row_splits(piece.path, first, batch.num_rows, self.seed, self.fractions)
-                    first += batch.num_rows
-                    yield RawBatch(columns, label, split)
+                    yield RawBatch(columns, label, splits)
             except (pa.ArrowInvalid, pa.ArrowKeyError) as error:
                 raise DataError(f"{piece.path}: {error}") from error
 
@@ -660,8 +675,8 @@ class StreamSplit:
             buffer = ShuffleBuffer(self.shuffle_rows, rng)
         batcher = Batcher(batch_size)
         number = SPLITS.index(self.split)
-        for batch in self.source.read(pieces):
-            columns, label = batch.rows(number)
+        for batch in self.source.read(pieces, split=number):
+            columns, label = batch.columns, batch.label
             if not len(label):
                 continue
             encoded = self.encoder.encode(columns)
