@@ -338,6 +338,22 @@ def predict(model: AFM, data: BatchSource, device: str, batch_size: int = 8192) 
     return predict_labelled(model, data, device, batch_size)[0]
 
 
+# Floats of one evaluation batch's pair vectors: AFM's evaluation runs the readable equations,
+# which build (B, P, k) pairs and their (B, P, t) hidden layer; at 741 pairs and k = 16 a batch
+# of 8,192 rows would hold about 390 MB in each.
+EVAL_PAIR_FLOATS = 1 << 24
+
+
+def eval_batch_rows(model: AFM, batch_size: int) -> int:
+    """Rows of an evaluation batch: `batch_size`, fewer where AFM's pair tensors would pass
+    EVAL_PAIR_FLOATS (FM builds none)."""
+    if not model.config.attention:
+        return batch_size
+    config = model.config
+    per_row = len(model.pair_i) * max(config.embedding_dim, config.attention_dim)
+    return max(1, min(batch_size, EVAL_PAIR_FLOATS // per_row))
+
+
 @torch.no_grad()
 def predict_labelled(
     model: AFM, data: BatchSource, device: str, batch_size: int = 8192
@@ -345,7 +361,7 @@ def predict_labelled(
     """Raw scores (before the link) and labels of every row, in order, in one pass."""
     model.eval()
     raws, labels = [], []
-    for b in data.batches(batch_size, shuffle=False):
+    for b in data.batches(eval_batch_rows(model, batch_size), shuffle=False):
         raws.append(model(b.index.to(device), b.value.to(device)).raw.cpu())
         labels.append(b.label)
     return torch.cat(raws).numpy(), torch.cat(labels).numpy()

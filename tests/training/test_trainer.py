@@ -2,14 +2,17 @@
 
 import torch
 
+from training import trainer
 from training.model import AFM, AFMConfig
 from training.trainer import (
     EarlyStopping,
     Tensors,
     TrainConfig,
+    eval_batch_rows,
     fit,
     loss_fn,
     make_optimizer,
+    predict_labelled,
     train_one_epoch,
 )
 
@@ -111,3 +114,16 @@ def test_batches_cover_every_row_once_in_shuffled_order():
     data.label = torch.arange(300.0)
     labels = torch.cat([b.label for b in data.batches(64, True, torch.Generator().manual_seed(1))])
     assert sorted(labels.tolist()) == list(range(300)) and labels.tolist() != list(range(300))
+
+
+def test_evaluation_batches_bound_afms_pair_tensors_and_score_every_row_alike(monkeypatch):
+    afm = AFM(AFMConfig(num_features=90, num_fields=3, embedding_dim=8, attention_dim=4))
+    fm = AFM(AFMConfig(num_features=90, num_fields=3, embedding_dim=8, attention=False))
+    data = noise_data(300, 0)
+    whole = predict_labelled(afm, data, "cpu")
+    monkeypatch.setattr(trainer, "EVAL_PAIR_FLOATS", 3 * 8 * 64)  # 3 pairs of k = 8: 64 rows
+    assert eval_batch_rows(afm, 8192) == 64 and eval_batch_rows(fm, 8192) == 8192
+    assert eval_batch_rows(afm, 16) == 16
+    raw, label = predict_labelled(afm, data, "cpu")
+    assert torch.allclose(torch.from_numpy(raw), torch.from_numpy(whole[0]), atol=1e-6)
+    assert (label == whole[1]).all() and len(raw) == 300
