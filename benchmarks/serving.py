@@ -315,15 +315,15 @@ def service_server(bundle_dir: Path, pin: bool, log: Path, workers: int = 1) -> 
     return Server(name, command, env, port, log, workers=workers)
 
 
-def lean_server(bundle_dir: Path, pin: bool, log: Path) -> Server:
+def uvicorn_peer(name: str, app: str, bundle_dir: Path, pin: bool, log: Path) -> Server:
+    """A peer that is an ASGI `app` (module:attribute) under plain uvicorn, on the bundle."""
     port = free_port()
     command = [
-        *taskset(SERVER_CPU, pin), sys.executable, "-m", "uvicorn",
-        "benchmarks.peers.lean_fastapi:app", "--host", HOST, "--port", str(port),
-        "--no-access-log", "--log-level", "warning",
+        *taskset(SERVER_CPU, pin), sys.executable, "-m", "uvicorn", app, "--host", HOST,
+        "--port", str(port), "--no-access-log", "--log-level", "warning",
     ]  # fmt: skip
     env = {"AFM_BUNDLE": str(bundle_dir), "AFM_INTRA_OP_THREADS": "1"}
-    return Server("lean", command, env, port, log)
+    return Server(name, command, env, port, log)
 
 
 def bentoml_server(bundle_dir: Path, pin: bool, log: Path) -> Server:
@@ -337,17 +337,6 @@ def bentoml_server(bundle_dir: Path, pin: bool, log: Path) -> Server:
         "BENTOML_CONFIG_OPTIONS": "api_server.logging.access.enabled=false",
     }  # fmt: skip
     return Server("bentoml", command, env, port, log)
-
-
-def tutorial_server(bundle_dir: Path, pin: bool, log: Path) -> Server:
-    port = free_port()
-    command = [
-        *taskset(SERVER_CPU, pin), sys.executable, "-m", "uvicorn",
-        "benchmarks.peers.tutorial_service:app", "--host", HOST, "--port", str(port),
-        "--no-access-log", "--log-level", "warning",
-    ]  # fmt: skip
-    env = {"AFM_BUNDLE": str(bundle_dir), "AFM_INTRA_OP_THREADS": "1"}
-    return Server("tutorial", command, env, port, log)
 
 
 # -- load ----------------------------------------------------------------------------------------
@@ -846,11 +835,23 @@ def main(argv: Sequence[str] | None = None) -> str:
             service_server(bundle_dir, pin, work / "service-workers.log", workers=args.workers)
         )
     if not args.no_lean:
-        servers.append(lean_server(bundle_dir, pin, work / "lean.log"))
+        servers.append(
+            uvicorn_peer(
+                "lean", "benchmarks.peers.lean_fastapi:app", bundle_dir, pin, work / "lean.log"
+            )
+        )
     if not args.no_bentoml:
         servers.append(bentoml_server(bundle_dir, pin, work / "bentoml.log"))
     if not args.no_tutorial:
-        servers.append(tutorial_server(bundle_dir, pin, work / "tutorial.log"))
+        servers.append(
+            uvicorn_peer(
+                "tutorial",
+                "benchmarks.peers.tutorial_service:app",
+                bundle_dir,
+                pin,
+                work / "tutorial.log",
+            )
+        )
     labels = {
         "service": "this service: FastAPI + onnxruntime (`python -m service`)",
         f"service, {args.workers} workers": (
